@@ -1,0 +1,119 @@
+"""Stage `augment-cache`: K augmented copies of every training volume, in streamable shards.
+
+    python -m stages.augment_cache --preprocessed data/preprocessed --out data/augmented
+
+Layout of the output folder:
+    shards/shard-NNNNN.npy   float16 arrays (copies, *shape), memory-mappable
+    index.csv                shard, offset, id, copy, label of every copy
+    provenance.jsonl         the seed keys and sampled transform of every copy (replayable)
+    cache.json               shape, dtype, counts and classes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from voxelflow.atomic import atomic_dir, save_npy, write_csv, write_json
+from voxelflow.augment import apply_transform, sample_transform
+from voxelflow.dataset import class_names, load_array, read_index, read_spec
+from voxelflow.params import AugmentParams, Params, load_params
+from voxelflow.runtime import iter_items, setup_logging
+from voxelflow.seeding import rng_for
+
+log = logging.getLogger("voxelflow.stages.augment_cache")
+
+INDEX_COLUMNS = ("shard", "offset", "id", "copy", "label")
+CACHE_DTYPE = "float16"
+
+
+def augment_copies(
+    job: tuple[dict, str, AugmentParams, int, tuple],
+) -> list[tuple[dict, np.ndarray]]:
+    """All copies of one volume; copy k is a pure function of (seed, id, k)."""
+    row, preprocessed_dir, params, seed, spacing = job
+    volume = load_array(preprocessed_dir, row)
+    copies = []
+    for copy in range(params.copies):
+        transform = sample_transform(rng_for(seed, "augment", row["id"], copy), params, spacing)
+        record = {
+            "id": row["id"],
+            "copy": copy,
+            "label": row["label"],
+            "seed_keys": [seed, "augment", row["id"], copy],
+            "transform": transform.to_dict(),
+        }
+        copies.append((record, apply_transform(volume, transform).astype(CACHE_DTYPE)))
+    return copies
+
+
+def run(
+    preprocessed_dir: str | Path, out_dir: str | Path, params: Params, workers: int = 0
+) -> dict:
+    """Writes the augmented cache of the training split into ``out_dir`` (atomically)."""
+    rows = read_index(preprocessed_dir, ("train",))
+    if not rows:
+        raise ValueError(f"{preprocessed_dir}: the training split is empty; nothing to augment")
+    spec = read_spec(preprocessed_dir)
+    augment = params.augment
+    jobs = [
+        (row, str(preprocessed_dir), augment, params.seed, spec.target_spacing_mm) for row in rows
+    ]
+    index, buffer = [], []
+    shard = 0
+    with atomic_dir(out_dir) as staging, open(staging / "provenance.jsonl", "w") as provenance:
+        (staging / "shards").mkdir()
+
+        def flush() -> None:
+            nonlocal shard, buffer
+            if buffer:
+                save_npy(staging / "shards" / f"shard-{shard:05d}.npy", np.stack(buffer))
+                shard, buffer = shard + 1, []
+
+        for copies in iter_items(augment_copies, jobs, workers, "augment-cache"):
+            for record, array in copies:
+                index.append(
+                    {
+                        "shard": shard,
+                        "offset": len(buffer),
+                        "id": record["id"],
+                        "copy": record["copy"],
+                        "label": record["label"],
+                    }
+                )
+                provenance.write(json.dumps(record) + "\n")
+                buffer.append(array)
+                if len(buffer) == augment.shard_size:
+                    flush()
+        flush()
+        write_csv(staging / "index.csv", index, INDEX_COLUMNS)
+        summary = {
+            "volumes": len(rows),
+            "copies": len(index),
+            "shards": shard,
+            "shape": list(spec.target_shape),
+            "dtype": CACHE_DTYPE,
+            "classes": class_names(preprocessed_dir),
+        }
+        write_json(staging / "cache.json", summary)
+    log.info("augment-cache: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the augmented cache of the train split.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--preprocessed", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=int, default=0, help="0: one process per core")
+    args = parser.parse_args(argv)
+    setup_logging()
+    run(args.preprocessed, args.out, load_params(args.params), args.workers)
+
+
+if __name__ == "__main__":
+    main()

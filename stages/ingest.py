@@ -1,0 +1,40 @@
+"""Stage `ingest`: validate the raw folder and its labels table into a manifest.
+
+python -m stages.ingest --data data/raw --labels data/raw/labels.csv --out data/ingested
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from voxelflow.ingest import ingest_folder
+from voxelflow.params import Params, load_params
+from voxelflow.runtime import setup_logging
+
+
+def run(
+    data_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    params: Params,
+    workers: int = 0,
+) -> dict:
+    """Writes manifest.csv, rejected.csv and ingest_report.json into ``out_dir``."""
+    return ingest_folder(data_dir, labels_csv, out_dir, params.ingest, params.seed, workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Validate a data folder and its labels table.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=int, default=0, help="0: one process per core")
+    args = parser.parse_args(argv)
+    setup_logging()
+    run(args.data, args.labels, args.out, load_params(args.params), args.workers)
+
+
+if __name__ == "__main__":
+    main()

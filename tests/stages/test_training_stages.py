@@ -1,0 +1,106 @@
+"""pretrain -> finetune -> evaluate on the tiny dataset, and the bundle's round trip."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from stages import evaluate, finetune, pretrain
+from voxelflow.bundle import load_bundle
+from voxelflow.data import preprocessed_source
+from voxelflow.dataset import read_rows
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tiny_params, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    pretrain.run(tiny_data["preprocessed"], root / "pretrained", tiny_params)
+    finetune.run(
+        root / "pretrained",
+        tiny_data["augmented"],
+        tiny_data["preprocessed"],
+        root / "classifier",
+        tiny_params,
+    )
+    evaluate.run(
+        root / "classifier",
+        tiny_data["preprocessed"],
+        root / "metrics",
+        root / "plots",
+        tiny_params,
+    )
+    return root
+
+
+def test_pretraining_never_reads_val_or_test(tiny_data):
+    source = pretrain.pretraining_source(tiny_data["preprocessed"])
+
+    splits = {row["id"]: row["split"] for row in read_rows(tiny_data["preprocessed"] / "index.csv")}
+    assert {splits[identifier] for identifier in source.ids} == {"train", "unlabelled"}
+
+
+def test_pretrain_outputs(trained):
+    summary = json.loads((trained / "pretrained" / "pretrain.json").read_text())
+    assert summary["mode"] == "self_supervised" and summary["splits"] == ["train", "unlabelled"]
+    assert (trained / "pretrained" / "encoder.keras").is_file()
+    assert "loss" in (trained / "pretrained" / "history.csv").read_text().splitlines()[0]
+
+
+def test_finetune_bundle_and_frozen_blocks(trained, tiny_params):
+    bundle = json.loads((trained / "classifier" / "bundle.json").read_text())
+    assert bundle["classes"] == ["normal", "lesion", "atrophy"]
+    assert bundle["preprocess"]["target_shape"] == [16, 16, 16]
+    assert bundle["params"]["finetune"]["epochs"] == tiny_params.finetune.epochs
+    assert bundle["frozen_blocks"] == ["stem"]
+    assert bundle["parameters"]["non_trainable"] > 0
+    assert not (trained / "classifier" / "checkpoint.keras").exists()
+    header = (trained / "classifier" / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,") and "val_loss" in header
+
+
+def test_finetune_starts_from_pretrained_encoder(trained):
+    pretrained = keras.saving.load_model(trained / "pretrained" / "encoder.keras", safe_mode=True)
+    model, _ = load_bundle(trained / "classifier")
+    stem = model.get_layer("encoder").get_layer("stem_conv").get_weights()[0]
+    assert np.array_equal(stem, pretrained.get_layer("stem_conv").get_weights()[0])  # frozen
+
+
+def test_bundle_round_trip_predicts_same(trained, tiny_data):
+    model, bundle = load_bundle(trained / "classifier")
+    source = preprocessed_source(tiny_data["preprocessed"], ("test",), bundle["classes"])
+    x = np.stack([source.read(i) for i in range(len(source))])[..., None]
+    probabilities = model.predict(x, verbose=0)
+    assert probabilities.shape == (len(source), 3)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    predictions = [
+        line.split(",")
+        for line in (trained / "metrics" / "predictions.csv").read_text().splitlines()[1:]
+    ]
+    assert [row[0] for row in predictions] == source.ids
+    assert np.allclose([float(row[3]) for row in predictions], probabilities[:, 0], atol=1e-4)
+
+
+def test_evaluate_metrics_and_plots(trained):
+    metrics = json.loads((trained / "metrics" / "eval.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_auc_ovr", "per_class", "confusion_matrix"):
+        assert key in metrics
+    assert 0 <= metrics["balanced_accuracy"] <= 1
+    matrix = np.array(metrics["confusion_matrix"]["rows_true_columns_predicted"])
+    assert matrix.sum() == metrics["test_volumes"]
+    assert (trained / "plots" / "confusion.csv").read_text().startswith("id,actual,predicted")
+    assert list((trained / "plots" / "roc").glob("*.csv"))
+
+
+def test_finetune_refuses_encoder_of_other_shape(trained, tmp_path):
+    with pytest.raises(ValueError, match="does not match"):
+        finetune.load_encoder(trained / "pretrained", (32, 32, 32, 1))
+    with pytest.raises(ValueError, match="not found"):
+        finetune.load_encoder(tmp_path, (16, 16, 16, 1))
+
+
+def test_class_weights_balance_and_missing_class():
+    weights = finetune.class_weights([0, 0, 0, 1], 2)
+    assert weights[1] == 3 * weights[0]
+    with pytest.raises(ValueError, match="no training volume"):
+        finetune.class_weights([0, 0], 2)

@@ -1,0 +1,109 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from voxelflow.dataset import read_rows
+from voxelflow.ingest import ingest_folder
+from voxelflow.nifti import save_volume
+from voxelflow.params import IngestParams
+
+
+def _rows(path):
+    return read_rows(path)
+
+
+def _dataset(tmp_path, subjects=12):
+    data = tmp_path / "raw"
+    rng = np.random.default_rng(0)
+    lines = ["id,path,label,subject"]
+    for index in range(subjects):
+        label = "yes" if index % 2 else "no"
+        for session in (1, 2) if index < 3 else (1,):
+            identifier = f"s{index}_{session}"
+            save_volume(data / f"{identifier}.nii.gz", rng.normal(size=(6, 6, 6)), np.eye(4))
+            lines.append(f"{identifier},{identifier}.nii.gz,{label},s{index}")
+    (data / "unlabelled").mkdir()
+    save_volume(data / "unlabelled" / "u1.nii", rng.normal(size=(6, 6, 6)), np.eye(4))
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def test_every_input_is_in_exactly_one_table(tmp_path):
+    data = _dataset(tmp_path)
+    # broken inputs of several kinds
+    nib.save(
+        nib.Nifti1Image(np.zeros((6, 6, 6, 2), np.float32), np.eye(4)), str(data / "four_d.nii")
+    )
+    save_volume(data / "flat.nii", np.ones((6, 6, 6)), np.eye(4))
+    nan = np.random.default_rng(1).normal(size=(6, 6, 6))
+    nan[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(nan.astype(np.float32), np.eye(4)), str(data / "nan.nii"))
+    (data / "cut.nii.gz").write_bytes((data / "s0_1.nii.gz").read_bytes()[:60])
+    (data / "copy.nii.gz").write_bytes((data / "s1_1.nii.gz").read_bytes())
+    (data / "stray.nii").write_bytes((data / "unlabelled" / "u1.nii").read_bytes()[:-10])
+    with open(data / "labels.csv", "a") as table:
+        for name in ("four_d.nii", "flat.nii", "nan.nii", "cut.nii.gz", "copy.nii.gz"):
+            table.write(f"{name.split('.')[0]},{name},no,\n")
+        table.write("s0_1,s0_1.nii.gz,no,s0\n")  # duplicate id
+        table.write("ghost,ghost.nii,no,\n")
+    out = tmp_path / "out"
+    report = ingest_folder(data, data / "labels.csv", out, IngestParams(), seed=1, workers=1)
+    manifest, rejected = _rows(out / "manifest.csv"), _rows(out / "rejected.csv")
+    assert list(manifest[0])[0] == "id" and list(rejected[0]) == ["input", "reason"]
+    reasons = {row["input"]: row["reason"] for row in rejected}
+    assert "expected a 3D volume" in reasons["four_d.nii"]
+    assert "constant volume" in reasons["flat.nii"]
+    assert "NaN or Inf" in reasons["nan.nii"]
+    assert "cut.nii.gz" in reasons
+    assert "duplicate" in " ".join(reasons.values())
+    assert "not listed in the labels table" in reasons["stray.nii"]
+    assert any("duplicate id 's0_1'" in reason for reason in reasons.values())
+    assert any("ghost.nii' does not exist" in reason for reason in reasons.values())
+    files = {p.relative_to(data).as_posix() for p in data.rglob("*.nii*")}
+    accepted = {row["path"] for row in manifest}
+    rejected_files = {row["input"] for row in rejected if not row["input"].startswith("labels.csv")}
+    assert accepted | rejected_files == files
+    assert not accepted & rejected_files
+    assert report["accepted"] == len(manifest)
+    assert json.loads((out / "ingest_report.json").read_text())["rejected"] == len(rejected)
+
+
+def test_splits_grouped_by_subject_and_unlabelled_pool(tmp_path):
+    data = _dataset(tmp_path, subjects=20)
+    out = tmp_path / "out"
+    ingest_folder(data, data / "labels.csv", out, IngestParams(), seed=3, workers=1)
+    manifest = _rows(out / "manifest.csv")
+    by_subject = {}
+    for row in manifest:
+        by_subject.setdefault(row["subject"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in by_subject.values())
+    assert {row["split"] for row in manifest} == {"train", "val", "test", "unlabelled"}
+    unlabelled = [row for row in manifest if row["split"] == "unlabelled"]
+    assert [(row["id"], row["label"]) for row in unlabelled] == [("u1", "")]
+    row = next(row for row in manifest if row["id"] == "s0_1")
+    assert row["shape"] == "6x6x6" and row["orientation"] == "RAS" and len(row["checksum"]) == 64
+
+
+def test_given_split_column_is_kept(tmp_path):
+    data = _dataset(tmp_path, subjects=6)
+    text = (data / "labels.csv").read_text().splitlines()
+    text = [text[0] + ",split"] + [
+        line + (",test" if line.startswith("s1_") else ",") for line in text[1:]
+    ]
+    (data / "labels.csv").write_text("\n".join(text) + "\n")
+    ingest_folder(data, data / "labels.csv", tmp_path / "out", IngestParams(), seed=0, workers=1)
+    manifest = _rows(tmp_path / "out" / "manifest.csv")
+    assert next(row for row in manifest if row["id"] == "s1_1")["split"] == "test"
+
+
+def test_nothing_valid_is_an_error_and_writes_nothing(tmp_path):
+    data = tmp_path / "raw"
+    data.mkdir()
+    (data / "labels.csv").write_text("id,path,label\na,a.nii,x\n")
+    with pytest.raises(ValueError, match="no valid labelled volume"):
+        ingest_folder(
+            data, data / "labels.csv", tmp_path / "out", IngestParams(), seed=0, workers=1
+        )
+    assert not (tmp_path / "out").exists()

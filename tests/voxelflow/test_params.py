@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from voxelflow.params import Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.preprocess.target_shape == (32, 32, 32)
+    assert params.ingest.classes == ["normal", "lesion", "atrophy"]
+
+
+def test_defaults_fill_missing_sections():
+    params = parse_params({"seed": 3})
+    assert params.seed == 3
+    assert params.model.architecture == "resnet"
+
+
+def test_unknown_key_names_its_path():
+    with pytest.raises(ValueError, match=r"finetune\.epochz: unknown key"):
+        parse_params({"finetune": {"epochz": 3}})
+
+
+def test_wrong_value_names_path_and_value():
+    with pytest.raises(ValueError) as error:
+        parse_params({"model": {"architecture": "vgg"}})
+    assert "model.architecture" in str(error.value)
+    assert "'vgg'" in str(error.value)
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ValueError, match="must be 1"):
+        parse_params({"ingest": {"splits": {"train": 0.8, "val": 0.15, "test": 0.15}}})
+
+
+def test_target_shape_must_be_multiple_of_eight():
+    with pytest.raises(ValueError, match="preprocess.target_shape"):
+        parse_params({"preprocess": {"target_shape": [30, 32, 32]}})
+
+
+def test_frozen_blocks_cannot_exceed_encoder():
+    with pytest.raises(ValueError, match="frozen_blocks=9 exceeds"):
+        parse_params({"model": {"blocks_per_stage": [1, 1]}, "finetune": {"frozen_blocks": 9}})
+
+
+def test_load_reports_bad_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_load_reports_file_name(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("seed: -1\n")
+    with pytest.raises(ValueError, match="mine.yaml"):
+        load_params(path)
+
+
+def test_top_level_must_be_mapping():
+    with pytest.raises(ValueError, match="mapping"):
+        parse_params([1, 2])  # type: ignore[arg-type]
+
+
+def test_params_model_is_plain_defaults():
+    assert Params().synth.classes == ["normal", "lesion", "atrophy"]

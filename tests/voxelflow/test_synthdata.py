@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from voxelflow.dataset import read_rows
+from voxelflow.nifti import load_volume
+from voxelflow.params import parse_params
+from voxelflow.synthdata import plan_scans, write_dataset
+
+
+def test_plan_has_rescans_unlabelled_and_balanced_classes():
+    params = parse_params(
+        {"synth": {"subjects_per_class": 10, "rescan_fraction": 0.5, "unlabelled": 4}}
+    )
+    scans = plan_scans(params.synth, params.seed)
+    labelled = [scan for scan in scans if not scan.relative_path.startswith("unlabelled/")]
+    subjects = {scan.subject for scan in labelled}
+    assert len(subjects) == 30
+    assert len(labelled) > 30  # some subjects scanned twice
+    assert sum(scan.relative_path.startswith("unlabelled/") for scan in scans) == 4
+    counts = {
+        label: sum(scan.label == label for scan in labelled if scan.scan_id.endswith("ses-1"))
+        for label in params.synth.classes
+    }
+    assert set(counts.values()) == {10}
+    assert {scan.dtype for scan in scans} == {"int16", "float32"}
+
+
+def test_written_dataset_is_varied_and_deterministic(tmp_path, tiny_params):
+    first = write_dataset(tmp_path / "a", tiny_params, workers=1)
+    write_dataset(tmp_path / "b", tiny_params, workers=1)
+    rows = read_rows(tmp_path / "a" / "labels.csv")
+    assert len(rows) == first["labelled_scans"]
+    assert set(rows[0]) == {"id", "path", "label", "subject"}
+    orientations, spacings = set(), set()
+    for row in rows:
+        a = (tmp_path / "a" / row["path"]).read_bytes()
+        b = (tmp_path / "b" / row["path"]).read_bytes()
+        assert a == b or row["path"].endswith(".gz")  # gzip headers may carry a time stamp
+        volume = load_volume(tmp_path / "a" / row["path"])
+        assert np.array_equal(volume.data, load_volume(tmp_path / "b" / row["path"]).data)
+        orientations.add(volume.orientation)
+        spacings.add(tuple(round(s, 2) for s in volume.spacing))
+    assert len(orientations) > 2 and len(spacings) > 2
+    assert any(len(set(spacing)) > 1 for spacing in spacings)  # anisotropic voxels
+
+
+def test_global_intensity_statistics_stay_near_chance(tmp_path):
+    """A logistic regression on global intensity statistics must not solve the task."""
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from voxelflow.preprocess import PreprocessSpec, preprocess_volume
+
+    assert sklearn
+    params = parse_params(
+        {
+            "seed": 11,
+            "synth": {
+                "subjects_per_class": 30,
+                "rescan_fraction": 0.0,
+                "unlabelled": 0,
+                "spacing_mm": [1.6, 2.2],
+            },
+        }
+    )
+    write_dataset(tmp_path, params)
+    spec = PreprocessSpec((2.0, 2.0, 2.0), (32, 32, 32), (0.5, 99.5), 1)
+    features, labels = [], []
+    for row in read_rows(tmp_path / "labels.csv"):
+        volume = load_volume(tmp_path / row["path"])
+        array = preprocess_volume(volume.data, volume.affine, spec)
+        raw = volume.data / np.percentile(volume.data, 99)
+        features.append(
+            [
+                array.mean(),
+                array.std(),
+                *np.percentile(array, [1, 5, 10, 25, 50, 75, 90, 95, 99]),
+                raw.mean(),
+                raw.std(),
+                *np.percentile(raw, [5, 25, 50, 75, 95]),
+            ]
+        )
+        labels.append(row["label"])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    predicted = cross_val_predict(
+        model,
+        np.array(features),
+        np.array(labels),
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+    )
+    score = balanced_accuracy_score(labels, predicted)
+    assert score < 0.5, f"global statistics separate the classes: balanced accuracy {score:.2f}"

@@ -1,0 +1,23 @@
+"""The model bundle: ``model.keras`` + ``bundle.json`` (classes, preprocessing spec, params)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+
+import voxelflow.models  # noqa: F401  (registers the custom layers for safe_mode loading)
+
+MODEL = "model.keras"
+BUNDLE = "bundle.json"
+
+
+def load_bundle(model_dir: str | Path) -> tuple[keras.Model, dict]:
+    """The bundle's model (loaded with ``safe_mode=True``) and its ``bundle.json``."""
+    model_dir = Path(model_dir)
+    for name in (MODEL, BUNDLE):
+        if not (model_dir / name).is_file():
+            raise ValueError(f"{model_dir / name}: missing; run the finetune stage first")
+    bundle = json.loads((model_dir / BUNDLE).read_text())
+    return keras.saving.load_model(model_dir / MODEL, safe_mode=True), bundle

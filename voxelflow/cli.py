@@ -1,0 +1,96 @@
+"""The ``voxelflow`` console command: the top layer (nothing imports it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from voxelflow.runtime import quiet_environment, setup_logging
+
+app = typer.Typer(
+    help="voxelflow: train and evaluate 3D CNN classifiers on NIfTI volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    setup_logging(verbose)
+
+
+def _params(path: Path):
+    from voxelflow.params import Params, load_params
+
+    return load_params(path) if path.is_file() else Params()
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the dataset into")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write the embedded default dataset (NIfTI phantoms + labels.csv)."""
+    from voxelflow.synthdata import write_dataset
+
+    try:
+        summary = write_dataset(out_dir, _params(params))
+    except ValueError as error:
+        _fail(error)
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(help="the folder of volumes")],
+    labels: Annotated[Path, typer.Option(help="the labels CSV (id,path,label[,subject,split])")],
+    out: Annotated[Path, typer.Option(help="folder for manifest.csv and rejected.csv")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Validate a data folder outside DVC: OUT/manifest.csv and OUT/rejected.csv."""
+    from voxelflow.ingest import ingest_folder
+
+    settings = _params(params)
+    try:
+        report = ingest_folder(data_dir, labels, out, settings.ingest, settings.seed)
+    except ValueError as error:
+        _fail(error)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+def run(
+    root: Annotated[Path, typer.Option(help="the voxelflow repository to run")] = Path("."),
+    force: Annotated[bool, typer.Option(help="rerun every stage even if unchanged")] = False,
+) -> None:
+    """Run the pipeline: a Prefect flow with one task per DVC stage."""
+    quiet_environment()
+    from flows.pipeline import pipeline
+
+    result = pipeline(root=str(root), force=force)
+    typer.echo(json.dumps(result["stages"], indent=2))
+    metrics = result["metrics"]
+    if metrics:
+        typer.echo(
+            f"test balanced accuracy {metrics['balanced_accuracy']:.3f} "
+            f"(chance {metrics['baselines']['chance_balanced_accuracy']:.3f}), "
+            f"accuracy {metrics['accuracy']:.3f}, macro AUC {metrics['macro_auc_ovr']}"
+        )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""tf.data input pipelines over preprocessed arrays and the augmented cache.
+
+A pipeline is a list of items (a ``.npy`` file, and an offset into it for cache shards, which
+are memory-mapped) read in a deterministic order: each epoch's permutation comes from
+(seed, purpose, epoch), so two runs feed the model the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from voxelflow.dataset import read_index, read_rows
+from voxelflow.seeding import rng_for
+
+
+@dataclass
+class VolumeSource:
+    """Volumes to read: ``files[i]`` (``offsets[i]`` >= 0 selects a row of a shard)."""
+
+    files: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def extend(self, other: VolumeSource) -> VolumeSource:
+        return VolumeSource(
+            self.files + other.files,
+            self.offsets + other.offsets,
+            self.labels + other.labels,
+            self.ids + other.ids,
+        )
+
+    def read(self, index: int) -> np.ndarray:
+        """Volume ``index`` as float32 (depth, height, width)."""
+        file, offset = self.files[index], self.offsets[index]
+        if offset < 0:
+            return np.load(file).astype(np.float32)
+        if file not in self._maps:
+            self._maps[file] = np.load(file, mmap_mode="r")
+        return np.asarray(self._maps[file][offset], dtype=np.float32)
+
+
+def label_index(label: str, classes: list[str], where: str) -> int:
+    if label not in classes:
+        raise ValueError(f"{where}: label {label!r} is not one of the classes {classes}")
+    return classes.index(label)
+
+
+def preprocessed_source(
+    directory: str | Path, splits: tuple[str, ...], classes: list[str] | None
+) -> VolumeSource:
+    """Preprocessed volumes of the given splits (labels -1 when ``classes`` is None)."""
+    directory = Path(directory)
+    rows = read_index(directory, splits)
+    return VolumeSource(
+        files=[str(directory / row["array"]) for row in rows],
+        offsets=[-1] * len(rows),
+        labels=[label_index(row["label"], classes, row["id"]) if classes else -1 for row in rows],
+        ids=[row["id"] for row in rows],
+    )
+
+
+def cache_source(directory: str | Path, classes: list[str]) -> VolumeSource:
+    """Every copy in the augmented cache, read from its memory-mapped shard."""
+    directory = Path(directory)
+    rows = read_rows(directory / "index.csv")
+    return VolumeSource(
+        files=[str(directory / "shards" / f"shard-{int(row['shard']):05d}.npy") for row in rows],
+        offsets=[int(row["offset"]) for row in rows],
+        labels=[
+            label_index(row["label"], classes, f"{row['id']} copy {row['copy']}") for row in rows
+        ],
+        ids=[f"{row['id']}#{row['copy']}" for row in rows],
+    )
+
+
+def epoch_order(count: int, epochs: int, seed: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    """(item index, epoch) pairs: a fresh permutation of the items for each epoch."""
+    order = [rng_for(seed, purpose, "order", epoch).permutation(count) for epoch in range(epochs)]
+    epochs_column = [np.full(count, epoch) for epoch in range(epochs)]
+    return np.concatenate(order).astype(np.int64), np.concatenate(epochs_column).astype(np.int64)
+
+
+def make_dataset(
+    source: VolumeSource,
+    batch_size: int,
+    make_example: Callable[[VolumeSource, int, int], tuple[np.ndarray, np.ndarray]],
+    output_signature: tuple[tf.TensorSpec, tf.TensorSpec],
+    epochs: int = 1,
+    seed: int = 0,
+    purpose: str = "",
+    shuffle: bool = True,
+) -> tf.data.Dataset:
+    """A batched, prefetched dataset of ``make_example(source, index, epoch)`` pairs."""
+    if shuffle:
+        indices, epoch_of = epoch_order(len(source), epochs, seed, purpose)
+    else:
+        indices = np.tile(np.arange(len(source)), epochs)
+        epoch_of = np.repeat(np.arange(epochs), len(source))
+
+    def load(index, epoch):
+        return make_example(source, int(index), int(epoch))
+
+    def mapped(index, epoch):
+        x, y = tf.numpy_function(load, [index, epoch], [spec.dtype for spec in output_signature])
+        x.set_shape(output_signature[0].shape)
+        y.set_shape(output_signature[1].shape)
+        return x, y
+
+    dataset = tf.data.Dataset.from_tensor_slices((indices, epoch_of))
+    dataset = dataset.map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def labelled_example(source: VolumeSource, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    return source.read(index)[..., None], np.int32(source.labels[index])
+
+
+def classification_dataset(
+    source: VolumeSource, batch_size: int, shape, **kwargs
+) -> tf.data.Dataset:
+    signature = (tf.TensorSpec((*shape, 1), tf.float32), tf.TensorSpec((), tf.int32))
+    return make_dataset(source, batch_size, labelled_example, signature, **kwargs)

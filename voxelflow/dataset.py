@@ -1,0 +1,48 @@
+"""The on-disk layout of preprocessed volumes, shared by every stage that reads them.
+
+``<dir>/index.csv`` lists every preprocessed volume (the manifest's columns plus ``array``,
+the ``.npy`` file relative to ``<dir>``); ``<dir>/preprocess.json`` holds the exact spec.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from voxelflow.preprocess import PreprocessSpec
+
+INDEX = "index.csv"
+SPEC = "preprocess.json"
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV written by voxelflow, as dicts; ``ValueError`` names a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; run the stage that writes it first")
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_index(
+    directory: str | Path, splits: tuple[str, ...] | None = None
+) -> list[dict[str, str]]:
+    """The preprocessed volumes, optionally only those of the given splits."""
+    rows = read_rows(Path(directory) / INDEX)
+    return [row for row in rows if splits is None or row["split"] in splits]
+
+
+def read_spec(directory: str | Path) -> PreprocessSpec:
+    return PreprocessSpec.from_dict(json.loads((Path(directory) / SPEC).read_text()))
+
+
+def load_array(directory: str | Path, row: dict[str, str], mmap: bool = False) -> np.ndarray:
+    return np.load(Path(directory) / row["array"], mmap_mode="r" if mmap else None)
+
+
+def class_names(directory: str | Path) -> list[str]:
+    """The class list that ingest recorded (travels through preprocess.json)."""
+    return list(json.loads((Path(directory) / SPEC).read_text())["classes"])

@@ -1,0 +1,259 @@
+"""The params.yaml schema: the only code in voxelflow that parses params.yaml.
+
+Every stage reads its section through :func:`load_params`. Unknown keys are errors
+(``extra="forbid"``) so a typo never falls back to a silent default, and every wrong value
+is reported with its key path and the value received.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+Triple = tuple[int, int, int]
+FloatTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+
+
+class Section(BaseModel):
+    """Base of every params section: strict keys, validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _ordered_range(value: tuple[float, float], name: str = "range") -> tuple[float, float]:
+    low, high = value
+    if low > high:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got [{low}, {high}]")
+    return value
+
+
+class SynthParams(Section):
+    """The embedded default dataset: brain-like phantoms with three classes."""
+
+    classes: list[str] = ["normal", "lesion", "atrophy"]
+    subjects_per_class: int = Field(60, ge=2, le=10_000)
+    rescan_fraction: Probability = 0.2
+    unlabelled: int = Field(40, ge=0, le=100_000)
+    field_of_view_mm: PositiveFloat = 64.0
+    spacing_mm: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.5)
+    noise_std: Annotated[float, Field(ge=0, le=1)] = 0.04
+    bias_field_strength: Annotated[float, Field(ge=0, le=0.9)] = 0.15
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, value: list[str]) -> list[str]:
+        allowed = {"normal", "lesion", "atrophy"}
+        unknown = [name for name in value if name not in allowed]
+        if unknown or len(set(value)) != len(value) or len(value) < 2:
+            raise ValueError(
+                f"classes must be 2 or 3 distinct names from {sorted(allowed)}, got {value}"
+            )
+        return value
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _spacing_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_range(value, "spacing_mm")
+
+
+class SplitFractions(Section):
+    train: Probability = 0.7
+    val: Probability = 0.15
+    test: Probability = 0.15
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:.4f}")
+        if min(self.train, self.val, self.test) <= 0:
+            raise ValueError("every split fraction must be > 0")
+        return self
+
+
+class IngestParams(Section):
+    """Validation of the raw folder and the labels table, and the split."""
+
+    splits: SplitFractions = SplitFractions()
+    unlabelled_dir: str = "unlabelled"
+    classes: list[str] | None = None
+    max_voxels: int = Field(64_000_000, gt=0)
+    min_size: int = Field(4, ge=1)
+
+
+class PreprocessParams(Section):
+    """Canonical orientation, target spacing, intensity normalisation, target shape."""
+
+    target_spacing_mm: FloatTriple = (2.0, 2.0, 2.0)
+    target_shape: Triple = (32, 32, 32)
+    clip_percentiles: tuple[float, float] = (0.5, 99.9)
+    interpolation_order: Literal[0, 1, 3] = 1
+
+    @field_validator("target_shape")
+    @classmethod
+    def _shape(cls, value: Triple) -> Triple:
+        if any(size < 8 or size % 8 for size in value):
+            raise ValueError(f"target_shape sizes must be multiples of 8 and >= 8, got {value}")
+        return value
+
+    @field_validator("clip_percentiles")
+    @classmethod
+    def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {value}")
+        return value
+
+
+class AugmentParams(Section):
+    """Random 3D augmentation for the augment-cache stage."""
+
+    copies: int = Field(4, ge=1, le=1000)
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 12.0
+    translation_mm: Annotated[float, Field(ge=0)] = 4.0
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.92, 1.08)
+    flip_axes: list[Literal[0, 1, 2]] = [0]
+    flip_probability: Probability = 0.5
+    gamma_range: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.25)
+    intensity_shift: Annotated[float, Field(ge=0)] = 0.1
+    intensity_scale: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    noise_std: Annotated[float, Field(ge=0)] = 0.05
+    intensity_probability: Probability = 0.8
+    interpolation_order: Literal[0, 1, 3] = 1
+    shard_size: int = Field(256, ge=1)
+
+    @field_validator("scale_range", "gamma_range")
+    @classmethod
+    def _ranges(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_range(value)
+
+
+class ModelParams(Section):
+    """The shared 3D CNN (voxelflow.models)."""
+
+    architecture: Literal["resnet", "separable"] = "resnet"
+    width: int = Field(8, ge=1, le=512)
+    blocks_per_stage: list[Annotated[int, Field(ge=1, le=16)]] = [1, 1]
+    normalization: Literal["batch", "group", "none"] = "none"
+    activation: Literal["relu", "gelu", "swish", "leaky_relu"] = "relu"
+    head_pooling: Literal["avg", "max", "avgmax"] = "max"
+    head_units: int = Field(32, ge=0)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
+
+    @field_validator("blocks_per_stage")
+    @classmethod
+    def _stages(cls, value: list[int]) -> list[int]:
+        if not 1 <= len(value) <= 5:
+            raise ValueError(f"blocks_per_stage needs 1 to 5 stages, got {len(value)}")
+        return value
+
+
+class PretrainParams(Section):
+    """Self-supervised restoration pretraining of the encoder."""
+
+    mode: Literal["self_supervised", "none"] = "self_supervised"
+    epochs: int = Field(8, ge=0)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: PositiveFloat = 1e-3
+    cutout_probability: Probability = 0.5
+    shuffle_probability: Probability = 0.5
+    intensity_probability: Probability = 0.9
+    noise_std: Annotated[float, Field(ge=0)] = 0.1
+
+
+class FinetuneParams(Section):
+    """Fine-tuning of the pretrained encoder with a new classification head."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: PositiveFloat = 1e-3
+    frozen_blocks: int = Field(1, ge=0)
+    include_originals: bool = True
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    patience: int = Field(10, ge=1)
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(16, ge=1)
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    seed: int = Field(42, ge=0, lt=2**32)
+    synth: SynthParams = SynthParams()
+    ingest: IngestParams = IngestParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams = PretrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _frozen_within_encoder(self) -> Params:
+        blocks = sum(self.model.blocks_per_stage) + 1
+        if self.finetune.frozen_blocks > blocks:
+            raise ValueError(
+                f"finetune.frozen_blocks={self.finetune.frozen_blocks} exceeds the encoder's "
+                f"{blocks} blocks (stem + model.blocks_per_stage)"
+            )
+        return self
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not in the schema; check the spelling)"
+        lines.append(f"  {path}: {message} (received {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict | None, source: str = "params") -> Params:
+    """Validates a params mapping, raising ``ValueError`` with every bad key path and value."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(f"{source}: invalid params:\n{_format_errors(error)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Reads and validates params.yaml.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated :class:`Params`.
+
+    Raises:
+        ValueError: the file is not valid YAML or a key or value breaks the schema.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(data, str(path))
+
+
+def params_dict(params: Params) -> dict:
+    """The params as plain JSON-ready data (tuples become lists)."""
+    return params.model_dump(mode="json")

@@ -1,0 +1,224 @@
+"""Brain-like phantoms for the embedded default dataset.
+
+A phantom is an analytic anatomy in world coordinates (mm, RAS+): scalp, skull, outer CSF, a
+folded grey-matter ribbon, white matter and two lateral ventricles, with per-subject size,
+shape and tissue variation. Each scan samples it on its own voxel grid (orientation,
+anisotropic spacing, position and tilt of the head), then adds a smooth bias field, Rician
+noise and a scanner gain. The classes differ only locally:
+
+- ``normal``;
+- ``lesion``: one focal hyperintense lesion (as an enhancing or FLAIR-bright lesion looks) of
+  random size, contrast and position in white matter; it is a few hundred voxels, too few
+  to move the global intensity statistics;
+- ``atrophy``: enlarged ventricles and a thinner cortex. The outer CSF space is shrunk by the
+  ventricles' excess volume, so the CSF fraction (and with it the global histogram) stays
+  in the normal range: the difference is where the CSF is, not how much there is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from voxelflow.nifti import orientation_affine
+
+CLASSES = ("normal", "lesion", "atrophy")
+ORIENTATIONS = ("RAS", "LAS", "LPS", "LPI", "RAI", "ASL", "PIR", "IRP")
+HEAD_RADII_MM = np.array([22.0, 26.0, 22.0])
+VENTRICLE_RADII_MM = np.array([3.0, 9.0, 4.5])
+VENTRICLE_OFFSET_MM = np.array([5.0, 2.0, 3.0])
+SCALP, SKULL, CSF_LIMIT = 0.92, 0.85, 0.85
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One subject's anatomy; rescans of a subject share it."""
+
+    label: str
+    size: float
+    shape_quadratic: tuple[float, ...]
+    shape_linear: tuple[float, float, float]
+    gyral_phase: tuple[float, float, float]
+    gyral_amplitude: float
+    brain_radius: float
+    cortex_thickness: float
+    ventricle_scale: float
+    tissue: tuple[float, float, float, float, float]  # scalp, skull, csf, grey, white
+    lesion_center: tuple[float, float, float] | None = None
+    lesion_radius_mm: float = 0.0
+    lesion_contrast: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scan:
+    """How one acquisition samples an anatomy."""
+
+    orientation: str
+    spacing_mm: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    shift_mm: tuple[float, float, float]
+    tilt_degrees: tuple[float, float]
+    bias: tuple[float, ...]
+    noise_std: float
+    gain: float
+
+
+def _ventricle_volume(size: float, scale: float) -> float:
+    return 2 * 4 / 3 * np.pi * float(np.prod(VENTRICLE_RADII_MM)) * (size * scale) ** 3
+
+
+def sample_anatomy(rng: np.random.Generator, label: str) -> Anatomy:
+    """Draws a subject of class ``label`` (one of :data:`CLASSES`)."""
+    if label not in CLASSES:
+        raise ValueError(f"unknown phantom class {label!r}; expected one of {CLASSES}")
+    size = rng.uniform(0.92, 1.06)
+    quadratic = rng.normal(0, 0.04, size=6)
+    linear = rng.normal(0, 0.02, size=3)
+    brain_radius = rng.uniform(0.71, 0.80)
+    if label == "atrophy":
+        ventricle_scale = rng.uniform(1.5, 1.9)
+        cortex = rng.uniform(0.075, 0.10)
+        head_volume = 4 / 3 * np.pi * float(np.prod(HEAD_RADII_MM)) * size**3
+        excess = _ventricle_volume(size, ventricle_scale) - _ventricle_volume(size, 1.0)
+        brain_radius = min((brain_radius**3 + excess / head_volume) ** (1 / 3), 0.84)
+    else:
+        ventricle_scale = rng.uniform(0.75, 1.15)
+        cortex = rng.uniform(0.095, 0.14)
+    tissue = (
+        rng.uniform(0.35, 0.5),
+        rng.uniform(0.08, 0.16),
+        rng.uniform(0.22, 0.32),
+        rng.uniform(0.5, 0.6),
+        rng.uniform(0.76, 0.86),
+    )
+    anatomy = dict(
+        label=label,
+        size=float(size),
+        shape_quadratic=tuple(float(value) for value in quadratic),
+        shape_linear=tuple(float(value) for value in linear),
+        gyral_phase=tuple(float(value) for value in rng.uniform(0, 2 * np.pi, size=3)),
+        gyral_amplitude=float(rng.uniform(0.02, 0.04)),
+        brain_radius=float(brain_radius),
+        cortex_thickness=float(cortex),
+        ventricle_scale=float(ventricle_scale),
+        tissue=tuple(float(value) for value in tissue),
+    )
+    if label == "lesion":
+        white_radius = brain_radius - cortex - 0.06
+        while True:
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            point = direction * rng.uniform(0.2, white_radius) * HEAD_RADII_MM * size
+            if not _inside_ventricles(point[None], size, ventricle_scale, margin=1.6)[0]:
+                break
+        anatomy.update(
+            lesion_center=tuple(float(value) for value in point),
+            lesion_radius_mm=float(rng.uniform(3.5, 5.0)),
+            lesion_contrast=float(rng.uniform(0.5, 0.8)),
+        )
+    return Anatomy(**anatomy)
+
+
+def sample_scan(
+    rng: np.random.Generator,
+    field_of_view_mm: float,
+    spacing_range: tuple[float, float],
+    noise_std: float,
+    bias_strength: float,
+) -> Scan:
+    """Draws an acquisition: orientation, anisotropic spacing, head pose, bias, noise, gain."""
+    in_plane = rng.uniform(*spacing_range)
+    through_plane = rng.uniform(in_plane, spacing_range[1])
+    spacing = [in_plane, in_plane, in_plane]
+    spacing[int(rng.integers(3))] = through_plane
+    shape = tuple(int(round(field_of_view_mm / step)) for step in spacing)
+    return Scan(
+        orientation=str(rng.choice(ORIENTATIONS)),
+        spacing_mm=tuple(float(step) for step in spacing),
+        shape=shape,
+        shift_mm=tuple(float(value) for value in rng.uniform(-3, 3, size=3)),
+        tilt_degrees=tuple(float(value) for value in rng.uniform(-6, 6, size=2)),
+        bias=tuple(float(value) for value in rng.normal(0, bias_strength, size=9)),
+        noise_std=float(noise_std * rng.uniform(0.7, 1.3)),
+        gain=float(rng.uniform(300, 3000)),
+    )
+
+
+def _inside_ventricles(points: np.ndarray, size: float, scale: float, margin: float = 1.0):
+    radii = VENTRICLE_RADII_MM * size * scale * margin
+    inside = np.zeros(points.shape[0], dtype=bool)
+    for side in (-1.0, 1.0):
+        center = VENTRICLE_OFFSET_MM * size * np.array([side, 1.0, 1.0])
+        inside |= np.sum(((points - center) / radii) ** 2, axis=1) <= 1.0
+    return inside
+
+
+def _rotation(tilt_degrees: tuple[float, float]) -> np.ndarray:
+    yaw, pitch = np.deg2rad(tilt_degrees)
+    around_z = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+    around_x = np.array(
+        [[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]]
+    )
+    return around_z @ around_x
+
+
+def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
+    """Noise-free tissue intensities at head-centred points (N, 3) in mm."""
+    radii = HEAD_RADII_MM * anatomy.size
+    scaled = points / radii
+    rho = np.linalg.norm(scaled, axis=1)
+    unit = scaled / np.maximum(rho, 1e-6)[:, None]
+    q = anatomy.shape_quadratic
+    quadratic = (
+        q[0] * unit[:, 0] ** 2
+        + q[1] * unit[:, 1] ** 2
+        - (q[0] + q[1]) * unit[:, 2] ** 2
+        + q[2] * unit[:, 0] * unit[:, 1]
+        + q[3] * unit[:, 0] * unit[:, 2]
+        + q[4] * unit[:, 1] * unit[:, 2]
+    )
+    rho = rho / (1.0 + quadratic + unit @ np.asarray(anatomy.shape_linear))
+    phase = anatomy.gyral_phase
+    folds = anatomy.gyral_amplitude * (
+        np.sin(9 * unit[:, 0] + phase[0])
+        * np.sin(9 * unit[:, 1] + phase[1])
+        * np.sin(9 * unit[:, 2] + phase[2])
+    )
+    scalp, skull, csf, grey, white = anatomy.tissue
+    image = np.zeros(points.shape[0], dtype=np.float64)
+    image[rho <= 1.0] = scalp
+    image[rho <= SCALP] = skull
+    image[rho <= CSF_LIMIT] = csf
+    image[rho <= anatomy.brain_radius + folds * 0.5] = grey
+    image[rho <= anatomy.brain_radius - anatomy.cortex_thickness + folds] = white
+    image[_inside_ventricles(points, anatomy.size, anatomy.ventricle_scale)] = csf
+    if anatomy.lesion_center is not None:
+        distance = np.linalg.norm(points - np.asarray(anatomy.lesion_center), axis=1)
+        weight = 1.0 / (1.0 + np.exp((distance - anatomy.lesion_radius_mm) / 0.5))
+        image *= 1.0 + anatomy.lesion_contrast * weight
+    return image
+
+
+def render(anatomy: Anatomy, scan: Scan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Samples the anatomy on the scan's grid: (data in scanner units, affine)."""
+    affine = orientation_affine(scan.orientation, scan.spacing_mm, scan.shape, (0.0, 0.0, 0.0))
+    grid = np.indices(scan.shape, dtype=np.float64).reshape(3, -1)
+    world = (affine[:3, :3] @ grid).T + affine[:3, 3]
+    head = (world - np.asarray(scan.shift_mm)) @ _rotation(scan.tilt_degrees)
+    image = tissue_image(anatomy, head)
+    normalised = world / (HEAD_RADII_MM * 1.2)
+    x, y, z = normalised.T
+    b = scan.bias
+    field = b[0] * x + b[1] * y + b[2] * z + b[3] * x * y + b[4] * y * z + b[5] * x * z
+    field += b[6] * (x**2 - y**2) + b[7] * (y**2 - z**2) + b[8] * (x**2 + y**2 + z**2 - 1)
+    image *= np.exp(field)
+    real = image + rng.normal(0, scan.noise_std, size=image.shape)
+    imaginary = rng.normal(0, scan.noise_std, size=image.shape)
+    data = np.sqrt(real**2 + imaginary**2) * scan.gain
+    return data.reshape(scan.shape).astype(np.float32), affine
+
+
+def describe(anatomy: Anatomy, scan: Scan) -> dict:
+    """The ground truth of one synthetic scan, for the dataset's sidecar file."""
+    return {"anatomy": asdict(anatomy), "scan": asdict(scan)}

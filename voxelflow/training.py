@@ -1,0 +1,43 @@
+"""Helpers shared by the training stages: determinism, the history file, the bundle files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import keras
+
+from voxelflow.atomic import write_csv
+from voxelflow.params import Params, params_dict
+
+
+def set_determinism(seed: int) -> None:
+    """Seeds Python, numpy and the backend, and asks TensorFlow for deterministic ops."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def params_hash(params: Params) -> str:
+    """A short stable hash of the full params, recorded with every model."""
+    text = json.dumps(params_dict(params), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_history(
+    path: str | Path, history: dict[str, list[float]], extra: dict | None = None
+) -> None:
+    """The per-epoch history as CSV (epoch first), the format DVC plots read."""
+    keys = sorted(history)
+    epochs = len(history[keys[0]]) if keys else 0
+    rows = []
+    for epoch in range(epochs):
+        row = {"epoch": epoch + 1, **(extra or {})}
+        row.update({key: round(float(history[key][epoch]), 6) for key in keys})
+        rows.append(row)
+    write_csv(path, rows, ["epoch", *(extra or {}), *keys])
