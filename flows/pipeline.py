@@ -27,7 +27,7 @@ def stage_order(root: str | Path) -> list[str]:
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph
-        names = {stage: stage.addressing for stage in graph.nodes}
+        names = {stage: stage.name for stage in graph.nodes}
         # DVC's edges point from a stage to the stages it depends on.
         upstream_first = graph.reverse(copy=True)
         order = nx.lexicographical_topological_sort(upstream_first, key=lambda stage: names[stage])

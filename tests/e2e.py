@@ -47,7 +47,20 @@ def dvc(*arguments: str, cwd: Path, check: bool = True) -> subprocess.CompletedP
     return run([sys.executable, "-m", "dvc", *arguments], cwd, check)
 
 
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied section by section (DVC needs every tracked key)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = (
+            merged(base[key], value)
+            if isinstance(value, dict) and isinstance(base.get(key), dict)
+            else value
+        )
+    return out
+
+
 def make_repository(root: Path, params: dict) -> Path:
+    """A git repository with this project's pipeline and the repo's params.yaml, overridden."""
     for name in COPIED:
         source = REPO / name
         target = root / name
@@ -56,7 +69,8 @@ def make_repository(root: Path, params: dict) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    full = merged(yaml.safe_load((REPO / "params.yaml").read_text()), params)
+    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "tiny pipeline"], root)

@@ -67,9 +67,13 @@ def _norm_act(x, name: str, normalization: str, activation: str | None):
 
 
 def separable_width(in_channels: int, out_channels: int, kernel: int = 3) -> int:
-    """Intermediate width of a (2+1)D pair with at most the weights of a k^3 convolution."""
+    """Intermediate width of a (2+1)D pair with at most the weights of a k^3 convolution.
+
+    The pair has k*k*in*M + M (bias) + k*M*out weights against k^3*in*out for the full
+    convolution, so M = floor(k^3*in*out / (k*k*in + k*out + 1)), as in R(2+1)D.
+    """
     full = kernel**3 * in_channels * out_channels
-    return max(1, full // (kernel**2 * in_channels + kernel * out_channels))
+    return max(1, full // (kernel**2 * in_channels + kernel * out_channels + 1))
 
 
 def conv3(
