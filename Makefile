@@ -11,9 +11,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PYTHON) -c "import voxelflow, tensorflow, prefect, dvc" 
+	$(PYTHON) -c "import voxelflow, tensorflow, prefect, dvc"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +20,7 @@ install: $(STAMP)
 # The whole pipeline on the embedded default dataset: a Prefect flow over the DVC stages.
 demo: $(STAMP)
 	$(VENV)/bin/voxelflow run
-	$(VENV)/bin/dvc metrics show
+	$(PYTHON) benchmarks/global_stats_baseline.py data/preprocessed
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -40,6 +40,7 @@ def _environment() -> dict[str, str]:
     environment["PATH"] = bin_dir + os.pathsep + environment.get("PATH", "")
     environment.setdefault("DVC_NO_ANALYTICS", "1")
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    environment.setdefault("PYTHONUNBUFFERED", "1")
     return environment
 
 
@@ -51,15 +52,25 @@ def run_stage(root: str, stage: str, force: bool = False) -> str:
     if force:
         command.append("--force")
     logger.info("running %s", " ".join(command[2:]))
-    process = subprocess.run(
-        command, cwd=root, env=_environment(), capture_output=True, text=True, check=False
-    )
-    for line in (process.stdout + process.stderr).splitlines():
-        if line.strip():
-            logger.info(line)
+    output = []
+    with subprocess.Popen(
+        command,
+        cwd=root,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as process:
+        for line in process.stdout:
+            line = line.rstrip()
+            output.append(line)
+            if line.strip():
+                logger.info(line)
     if process.returncode != 0:
-        raise RuntimeError(f"stage {stage!r} failed (dvc exit code {process.returncode})")
-    return "skipped" if SKIPPED_MARKER in process.stdout + process.stderr else "ran"
+        tail = "\n".join(output[-20:])
+        raise RuntimeError(f"stage {stage!r} failed (dvc exit code {process.returncode}):\n{tail}")
+    return "skipped" if any(SKIPPED_MARKER in line for line in output) else "ran"
 
 
 @task

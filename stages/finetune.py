@@ -116,6 +116,7 @@ def run(
             epochs=tune.epochs,
             steps_per_epoch=steps,
             validation_data=val_data,
+            shuffle=False,
             class_weight=class_weights(train.labels, len(classes)),
             callbacks=callbacks,
             verbose=2,

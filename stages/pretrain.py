@@ -93,7 +93,11 @@ def run(preprocessed_dir: str | Path, out_dir: str | Path, params: Params) -> di
         )
         steps = int(np.ceil(len(source) / params.pretrain.batch_size))
         fit = autoencoder.fit(
-            dataset.repeat(), epochs=params.pretrain.epochs, steps_per_epoch=steps, verbose=2
+            dataset.repeat(),
+            epochs=params.pretrain.epochs,
+            steps_per_epoch=steps,
+            shuffle=False,
+            verbose=2,
         )
         history = fit.history
         summary["final_loss"] = float(history["loss"][-1])

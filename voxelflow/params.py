@@ -43,6 +43,9 @@ class SynthParams(Section):
     spacing_mm: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.5)
     noise_std: Annotated[float, Field(ge=0, le=1)] = 0.04
     bias_field_strength: Annotated[float, Field(ge=0, le=0.9)] = 0.15
+    lesion_radius_mm: tuple[PositiveFloat, PositiveFloat] = (3.0, 4.5)
+    lesion_contrast: tuple[PositiveFloat, PositiveFloat] = (0.6, 0.9)
+    atrophy_ventricle_scale: tuple[PositiveFloat, PositiveFloat] = (1.5, 1.9)
 
     @field_validator("classes")
     @classmethod
@@ -55,10 +58,10 @@ class SynthParams(Section):
             )
         return value
 
-    @field_validator("spacing_mm")
+    @field_validator("spacing_mm", "lesion_radius_mm", "lesion_contrast", "atrophy_ventricle_scale")
     @classmethod
-    def _spacing_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered_range(value, "spacing_mm")
+    def _ranges(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_range(value)
 
 
 class SplitFractions(Section):

@@ -68,17 +68,27 @@ def _ventricle_volume(size: float, scale: float) -> float:
     return 2 * 4 / 3 * np.pi * float(np.prod(VENTRICLE_RADII_MM)) * (size * scale) ** 3
 
 
-def sample_anatomy(rng: np.random.Generator, label: str) -> Anatomy:
-    """Draws a subject of class ``label`` (one of :data:`CLASSES`)."""
+def sample_anatomy(
+    rng: np.random.Generator,
+    label: str,
+    lesion_radius_mm: tuple[float, float] = (3.0, 4.5),
+    lesion_contrast: tuple[float, float] = (0.6, 0.9),
+    atrophy_ventricle_scale: tuple[float, float] = (1.5, 1.9),
+) -> Anatomy:
+    """Draws a subject of class ``label`` (one of :data:`CLASSES`).
+
+    The ranges set how hard the task is: a lesion's radius and its relative brightening of
+    white matter, and how much atrophy enlarges the ventricles (normal subjects: 0.75-1.15).
+    """
     if label not in CLASSES:
         raise ValueError(f"unknown phantom class {label!r}; expected one of {CLASSES}")
     size = rng.uniform(0.92, 1.06)
     quadratic = rng.normal(0, 0.04, size=6)
     linear = rng.normal(0, 0.02, size=3)
-    brain_radius = rng.uniform(0.71, 0.80)
+    brain_radius = rng.uniform(0.68, 0.80)
     if label == "atrophy":
-        ventricle_scale = rng.uniform(1.5, 1.9)
-        cortex = rng.uniform(0.075, 0.10)
+        ventricle_scale = rng.uniform(*atrophy_ventricle_scale)
+        cortex = rng.uniform(0.085, 0.125)
         head_volume = 4 / 3 * np.pi * float(np.prod(HEAD_RADII_MM)) * size**3
         excess = _ventricle_volume(size, ventricle_scale) - _ventricle_volume(size, 1.0)
         brain_radius = min((brain_radius**3 + excess / head_volume) ** (1 / 3), 0.84)
@@ -114,8 +124,8 @@ def sample_anatomy(rng: np.random.Generator, label: str) -> Anatomy:
                 break
         anatomy.update(
             lesion_center=tuple(float(value) for value in point),
-            lesion_radius_mm=float(rng.uniform(3.5, 5.0)),
-            lesion_contrast=float(rng.uniform(0.5, 0.8)),
+            lesion_radius_mm=float(rng.uniform(*lesion_radius_mm)),
+            lesion_contrast=float(rng.uniform(*lesion_contrast)),
         )
     return Anatomy(**anatomy)
 

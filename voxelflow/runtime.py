@@ -33,6 +33,8 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("httpx", "httpcore", "absl", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def default_workers() -> int:

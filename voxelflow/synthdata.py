@@ -71,7 +71,11 @@ def render_scan(planned: PlannedScan) -> tuple:
     """Pure: the volume, its affine and its ground truth, from the planned scan alone."""
     params = planned.params
     anatomy = phantom.sample_anatomy(
-        rng_for(planned.seed, "synth-anatomy", planned.subject), planned.label
+        rng_for(planned.seed, "synth-anatomy", planned.subject),
+        planned.label,
+        lesion_radius_mm=params.lesion_radius_mm,
+        lesion_contrast=params.lesion_contrast,
+        atrophy_ventricle_scale=params.atrophy_ventricle_scale,
     )
     scan_rng = rng_for(planned.seed, "synth-scan", planned.scan_id)
     scan = phantom.sample_scan(

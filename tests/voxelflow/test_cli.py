@@ -1,0 +1,48 @@
+from typer.testing import CliRunner
+
+from voxelflow.cli import app
+from voxelflow.dataset import read_rows
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("synth", "ingest", "run"):
+        assert command in result.output
+
+
+def test_ingest_command_writes_manifest_and_rejected(tiny_data, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(tiny_data["raw"]),
+            "--labels",
+            str(tiny_data["raw"] / "labels.csv"),
+            "--out",
+            str(tmp_path / "checked"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = read_rows(tmp_path / "checked" / "manifest.csv")
+    assert list(manifest[0])[0] == "id"
+    assert list(read_rows(tmp_path / "checked" / "rejected.csv")) == []
+
+
+def test_ingest_command_reports_bad_table(tmp_path):
+    (tmp_path / "labels.csv").write_text("name,label\n")
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(tmp_path),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "missing required column(s) ['id']" in result.output
