@@ -104,3 +104,14 @@ def test_class_weights_balance_and_missing_class():
     assert weights[1] == 3 * weights[0]
     with pytest.raises(ValueError, match="no training volume"):
         finetune.class_weights([0, 0], 2)
+
+
+def test_restoration_pair_targets_the_original_and_is_reproducible(tiny_data, tiny_params):
+    source = pretrain.pretraining_source(tiny_data["preprocessed"])
+    example = pretrain.restoration_pair(tiny_params, seed=1)
+    corrupted, original = example(source, 0, 0)
+    assert corrupted.shape == original.shape == (16, 16, 16, 1)
+    assert np.array_equal(original[..., 0], source.read(0))
+    assert not np.allclose(corrupted, original)
+    assert np.array_equal(example(source, 0, 0)[0], corrupted)
+    assert not np.array_equal(example(source, 0, 1)[0], corrupted)  # a new corruption each epoch
