@@ -19,6 +19,39 @@ from prefect.artifacts import create_table_artifact
 
 SKIPPED_MARKER = "didn't change, skipping"
 METRICS_FILE = Path("metrics/eval.json")
+TRANSIENT_MARKERS = (
+    "No space left on device",
+    "Resource temporarily unavailable",
+    "Unable to acquire lock",
+    "Connection reset",
+    "Connection refused",
+    "timed out",
+    "Stale file handle",
+)
+
+
+class StageError(RuntimeError):
+    """A stage's dvc run failed; ``transient`` says whether a retry may succeed."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+def is_transient(return_code: int, output: str) -> bool:
+    """Killed by a signal, or failed on I/O, locks or the network: worth a retry. Bad data,
+    bad params or a bug fail the same way again, so they are not retried."""
+    return return_code < 0 or any(marker in output for marker in TRANSIENT_MARKERS)
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageError as error:
+        return error.transient
+    except Exception:
+        return False
+    return False
 
 
 def stage_order(root: str | Path) -> list[str]:
@@ -44,7 +77,7 @@ def _environment() -> dict[str, str]:
     return environment
 
 
-@task(retries=2, retry_delay_seconds=[5, 30])
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient)
 def run_stage(root: str, stage: str, force: bool = False) -> str:
     """Runs one stage through DVC; returns ``"ran"`` or ``"skipped"`` (nothing changed)."""
     logger = get_run_logger()
@@ -69,7 +102,12 @@ def run_stage(root: str, stage: str, force: bool = False) -> str:
                 logger.info(line)
     if process.returncode != 0:
         tail = "\n".join(output[-20:])
-        raise RuntimeError(f"stage {stage!r} failed (dvc exit code {process.returncode}):\n{tail}")
+        transient = is_transient(process.returncode, "\n".join(output))
+        raise StageError(
+            f"stage {stage!r} failed (dvc exit code {process.returncode}, "
+            f"{'transient: will retry' if transient else 'not transient'}):\n{tail}",
+            transient,
+        )
     return "skipped" if any(SKIPPED_MARKER in line for line in output) else "ran"
 
 

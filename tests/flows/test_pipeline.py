@@ -61,3 +61,37 @@ def test_flow_runs_each_stage_as_a_task_and_publishes_metrics(
 
     again = pipeline(root=str(root))
     assert set(again["stages"].values()) == {"skipped"}
+
+
+def test_transient_failures_are_told_apart():
+    from flows.pipeline import is_transient
+
+    assert is_transient(-9, "")  # killed by a signal
+    assert is_transient(1, "OSError: [Errno 28] No space left on device")
+    assert not is_transient(1, "ValueError: params.yaml: invalid params")
+
+
+def test_a_deterministic_failure_fails_the_flow_without_retries(
+    tmp_path, tiny_params_dict, prefect_harness
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    root = e2e.make_repository(tmp_path, tiny_params_dict)
+    (root / "params.yaml").write_text((root / "params.yaml").read_text() + "typo_section: 1\n")
+    state = pipeline(root=str(root), return_state=True)
+    assert state.is_failed()
+    assert "unknown key" in str(state.result(raise_on_failure=False))
+
+    async def synth_runs():
+        async with get_client() as client:
+            flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            return [
+                t
+                for t in await client.read_task_runs(flow_run_filter=flow_filter)
+                if t.name.startswith("stage-synth")
+            ]
+
+    runs = asyncio.run(synth_runs())
+    assert len(runs) == 1 and runs[0].run_count == 1
+    assert not (root / "data").exists()
