@@ -1,4 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -11,8 +13,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PYTHON) -c "import voxelflow, tensorflow, prefect, dvc"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
+		| { grep -v '^WARNING: Location' || true; }
+	$(PYTHON) -c "import voxelflow, tensorflow, prefect, dvc, pytest"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,8 @@ class StageError(RuntimeError):
 def is_transient(return_code: int, output: str) -> bool:
     """Killed by a signal, or failed on I/O, locks or the network: worth a retry. Bad data,
     bad params or a bug fail the same way again, so they are not retried."""
-    return return_code < 0 or any(marker in output for marker in TRANSIENT_MARKERS)
+    killed = return_code < 0 or re.search(r"exited with -\d+", output) is not None
+    return killed or any(marker in output for marker in TRANSIENT_MARKERS)
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -55,16 +57,22 @@ def _retry_transient(task, task_run, state) -> bool:
 
 
 def stage_order(root: str | Path) -> list[str]:
-    """The stage names of ``dvc.yaml`` in dependency order (ties broken by name)."""
+    """The stages DVC knows (``dvc.yaml`` stages, ``.dvc`` files) in dependency order, as
+    ``dvc repro`` addresses them from ``root`` (ties broken by name)."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph
-        names = {stage: stage.name for stage in graph.nodes}
-        # DVC's edges point from a stage to the stages it depends on.
-        upstream_first = graph.reverse(copy=True)
-        order = nx.lexicographical_topological_sort(upstream_first, key=lambda stage: names[stage])
-        return [names[stage] for stage in order]
+    previous = os.getcwd()
+    os.chdir(root)  # DVC addresses stages relative to the working directory
+    try:
+        with Repo(".") as repo:
+            graph = repo.index.graph
+            names = {stage: stage.addressing for stage in graph.nodes}
+            # DVC's edges point from a stage to the stages it depends on.
+            upstream_first = graph.reverse(copy=True)
+            order = nx.lexicographical_topological_sort(upstream_first, key=lambda s: names[s])
+            return [names[stage] for stage in order]
+    finally:
+        os.chdir(previous)
 
 
 def _environment() -> dict[str, str]:

@@ -31,13 +31,13 @@ from voxelflow.training import params_hash, set_determinism, write_history
 log = logging.getLogger("voxelflow.stages.finetune")
 
 
-def class_weights(labels: list[int], num_classes: int) -> dict[int, float]:
+def class_weights(labels: list[int], classes: list[str]) -> dict[int, float]:
     """Weights inversely proportional to class frequency (mean weight 1 over the samples)."""
-    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(float)
+    counts = np.bincount(np.asarray(labels), minlength=len(classes)).astype(float)
     if np.any(counts == 0):
-        missing = [index for index, count in enumerate(counts) if count == 0]
-        raise ValueError(f"class indices {missing} have no training volume")
-    return {index: float(len(labels) / (num_classes * count)) for index, count in enumerate(counts)}
+        missing = [classes[index] for index, count in enumerate(counts) if count == 0]
+        raise ValueError(f"classes {missing} have no training volume")
+    return {index: float(len(labels) / (len(classes) * n)) for index, n in enumerate(counts)}
 
 
 def load_encoder(pretrained_dir: str | Path, input_shape: tuple[int, ...]) -> keras.Model:
@@ -117,7 +117,7 @@ def run(
             steps_per_epoch=steps,
             validation_data=val_data,
             shuffle=False,
-            class_weight=class_weights(train.labels, len(classes)),
+            class_weight=class_weights(train.labels, classes),
             callbacks=callbacks,
             verbose=2,
         )

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,3 +81,35 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(temporary, path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def check_replaceable(
+    out_dir: str | Path, expected: Iterable[str], protect: Iterable[str | Path] = ()
+) -> None:
+    """Refuses to replace a folder that holds anything but a previous output of this kind.
+
+    :func:`atomic_dir` swaps a whole folder in; pointed by mistake at a folder of scans (or
+    at a parent of the inputs) it would delete them. Raises ``ValueError`` naming the folder
+    and what is in the way.
+    """
+    out_dir = Path(out_dir)
+    target = out_dir.resolve()
+    for path in protect:
+        resolved = Path(path).resolve()
+        if resolved == target or resolved.is_relative_to(target):
+            raise ValueError(
+                f"{out_dir}: the output folder holds the input {path}; "
+                "writing it would replace the input; choose another output folder"
+            )
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    unexpected = sorted(
+        entry.name for entry in out_dir.iterdir() if entry.name not in set(expected)
+    )
+    if unexpected:
+        raise ValueError(
+            f"{out_dir}: not empty and not a previous output of this command "
+            f"(found {unexpected[:5]}); refusing to replace it; choose an empty or new folder"
+        )

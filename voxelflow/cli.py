@@ -16,7 +16,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+ParamsOption = Annotated[
+    Path | None,
+    typer.Option("--params", help="params.yaml to read [default: ./params.yaml if present]"),
+]
 
 
 @app.callback()
@@ -24,10 +27,15 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     setup_logging(verbose)
 
 
-def _params(path: Path):
+def _params(path: Path | None):
+    """The given params file (an error if missing), else ./params.yaml, else the defaults."""
     from voxelflow.params import Params, load_params
 
-    return load_params(path) if path.is_file() else Params()
+    if path is not None:
+        if not path.is_file():
+            raise ValueError(f"{path}: params file not found")
+        return load_params(path)
+    return load_params("params.yaml") if Path("params.yaml").is_file() else Params()
 
 
 def _fail(error: Exception) -> None:
@@ -38,7 +46,7 @@ def _fail(error: Exception) -> None:
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to write the dataset into")],
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
 ) -> None:
     """Write the embedded default dataset (NIfTI phantoms + labels.csv)."""
     from voxelflow.synthdata import write_dataset
@@ -55,13 +63,13 @@ def ingest(
     data_dir: Annotated[Path, typer.Argument(help="the folder of volumes")],
     labels: Annotated[Path, typer.Option(help="the labels CSV (id,path,label[,subject,split])")],
     out: Annotated[Path, typer.Option(help="folder for manifest.csv and rejected.csv")],
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
 ) -> None:
     """Validate a data folder outside DVC: OUT/manifest.csv and OUT/rejected.csv."""
     from voxelflow.ingest import ingest_folder
 
-    settings = _params(params)
     try:
+        settings = _params(params)
         report = ingest_folder(data_dir, labels, out, settings.ingest, settings.seed)
     except ValueError as error:
         _fail(error)

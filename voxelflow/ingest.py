@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxelflow.atomic import atomic_dir, write_csv, write_json
-from voxelflow.labels import LabelRow, Rejection, parse_labels, volume_stem
+from voxelflow.atomic import atomic_dir, check_replaceable, write_csv, write_json
+from voxelflow.labels import LabelRow, Rejection, parse_labels, safe_relative_path, volume_stem
 from voxelflow.nifti import VolumeError, is_volume_file, load_volume
 from voxelflow.params import IngestParams
 from voxelflow.runtime import map_items
@@ -37,6 +37,7 @@ MANIFEST_COLUMNS = (
     "checksum",
 )
 REJECTED_COLUMNS = ("input", "reason")
+OUTPUTS = ("manifest.csv", "rejected.csv", "ingest_report.json")
 UNLABELLED = "unlabelled"
 
 
@@ -53,10 +54,15 @@ class Candidate:
 
 
 def file_checksum(path: Path) -> str:
+    """SHA-256 of the file's bytes; for an Analyze/NIfTI pair, of the .hdr then the .img."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    files = [path]
+    if path.suffix.lower() == ".hdr":
+        files.append(path.with_suffix(".img" if path.suffix == ".hdr" else ".IMG"))
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -94,19 +100,31 @@ def discover_volumes(data_dir: Path) -> list[str]:
 
 
 def build_candidates(
-    data_dir: Path, rows: list[LabelRow], files: list[str], params: IngestParams
+    data_dir: Path,
+    rows: list[LabelRow],
+    files: list[str],
+    params: IngestParams,
+    referenced: set[str] | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
-    """Labelled rows plus the unlabelled pool; files in neither are rejected."""
+    """Labelled rows plus the unlabelled pool; files in neither are rejected.
+
+    ``referenced`` holds every path a table row named, valid or not: such a file has its
+    answer in the row's rejection and is neither re-reported nor pooled as unlabelled.
+    """
     limits = dict(data_dir=str(data_dir), max_voxels=params.max_voxels, min_size=params.min_size)
     candidates = [
         Candidate(row.id, row.path, row.label, row.subject, row.split, **limits) for row in rows
     ]
-    listed = {row.path for row in rows}
+    listed = {row.path for row in rows} | (referenced or set())
     prefix = params.unlabelled_dir.strip("/") + "/"
     rejected = []
     used_ids = {row.id for row in rows}
     for path in files:
         if path in listed:
+            continue
+        safe, problem = safe_relative_path(data_dir, path)
+        if not safe:
+            rejected.append(Rejection(path, problem))
             continue
         if path.startswith(prefix):
             identifier = volume_stem(Path(path).name)
@@ -140,8 +158,12 @@ def ingest_folder(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ValueError(f"{data_dir}: data folder not found")
-    rows, rejected = parse_labels(labels_csv, data_dir, params.classes)
-    candidates, unlisted = build_candidates(data_dir, rows, discover_volumes(data_dir), params)
+    check_replaceable(out_dir, OUTPUTS, protect=(data_dir, labels_csv))
+    parsed = parse_labels(labels_csv, data_dir, params.classes)
+    rows, rejected = parsed.rows, list(parsed.rejected)
+    candidates, unlisted = build_candidates(
+        data_dir, rows, discover_volumes(data_dir), params, parsed.referenced
+    )
     rejected += unlisted
     accepted = []
     for result in map_items(check_volume, candidates, workers, "ingest"):
@@ -154,8 +176,12 @@ def ingest_folder(
             f"{data_dir}: no valid labelled volume left ({len(rejected)} inputs rejected; "
             "see the reasons above or in rejected.csv)"
         )
+    labelled, conflicts = _conflicting_splits(labelled)
+    rejected += conflicts
+    accepted = [row for row in accepted if row["split"] == UNLABELLED] + labelled
     classes = params.classes or sorted({row["label"] for row in labelled})
     _apply_splits(labelled, params, seed)
+    _check_coverage(labelled, classes, data_dir)
     order = {"train": 0, "val": 1, "test": 2, UNLABELLED: 3}
     accepted.sort(key=lambda row: (order[row["split"]], row["id"]))
     report = _report(accepted, rejected, classes)
@@ -170,17 +196,69 @@ def ingest_folder(
 
 
 def _drop_duplicate_content(rows: list[dict]) -> tuple[list[dict], list[Rejection]]:
-    first: dict[str, str] = {}
+    """One volume per content. Copies with one label keep the first id; copies whose labels
+    disagree are all rejected, since no one can tell which label is right."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in sorted(rows, key=lambda item: (item["split"] == UNLABELLED, item["id"])):
+        groups[row["checksum"]].append(row)
     kept, rejected = [], []
-    for row in sorted(rows, key=lambda item: item["path"]):
-        if row["checksum"] in first:
+    for copies in groups.values():
+        labels = {row["label"] for row in copies if row["label"]}
+        names = ", ".join(
+            f"{row['path']} (id={row['id']!r}, label={row['label']!r})" for row in copies
+        )
+        if len(labels) > 1:
+            for row in copies:
+                rejected.append(
+                    Rejection(row["path"], f"the same content is labelled differently: {names}")
+                )
+            continue
+        kept.append(copies[0])
+        for row in copies[1:]:
             rejected.append(
-                Rejection(row["path"], f"same content as {first[row['checksum']]} (duplicate file)")
+                Rejection(
+                    row["path"],
+                    f"same content as {copies[0]['path']} (id={copies[0]['id']!r}); "
+                    f"duplicate of id {row['id']!r} dropped",
+                )
             )
-        else:
-            first[row["checksum"]] = row["path"]
-            kept.append(row)
     return kept, rejected
+
+
+def _conflicting_splits(rows: list[dict]) -> tuple[list[dict], list[Rejection]]:
+    """Rejects every volume of a subject whose rows give different splits."""
+    given: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["split"]:
+            given[row["subject"]].add(row["split"])
+    bad = {subject for subject, splits in given.items() if len(splits) > 1}
+    kept = [row for row in rows if row["subject"] not in bad]
+    rejected = [
+        Rejection(
+            row["path"],
+            f"subject {row['subject']!r} is given more than one split "
+            f"{sorted(given[row['subject']])}; all volumes of a subject must share one split",
+        )
+        for row in rows
+        if row["subject"] in bad
+    ]
+    return kept, rejected
+
+
+def _check_coverage(rows: list[dict], classes: list[str], data_dir: Path) -> None:
+    """Every class must have volumes in train, val and test, or training cannot work."""
+    present = {(row["split"], row["label"]) for row in rows}
+    missing = [
+        f"{split}/{name}"
+        for split in ("train", "val", "test")
+        for name in classes
+        if (split, name) not in present
+    ]
+    if missing:
+        raise ValueError(
+            f"{data_dir}: no volumes for {', '.join(missing)} after splitting "
+            f"({len(rows)} labelled volumes); add volumes or change ingest.splits"
+        )
 
 
 def _apply_splits(rows: list[dict], params: IngestParams, seed: int) -> None:

@@ -9,7 +9,8 @@ returned as a rejection naming the row, the value and what was expected.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from voxelflow.nifti import is_volume_file
@@ -17,6 +18,7 @@ from voxelflow.nifti import is_volume_file
 REQUIRED_COLUMNS = ("id", "label")
 OPTIONAL_COLUMNS = ("path", "subject", "split")
 SPLITS = ("train", "val", "test")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -86,18 +88,31 @@ def read_table(labels_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
     reader.fieldnames = header
     rows = []
     for row in reader:
+        cells = {key: (value or "").strip() for key, value in row.items() if key}
         if None in row:
-            rows.append({"__extra__": "too many cells", **{k: v for k, v in row.items() if k}})
-        else:
-            rows.append({key: (value or "").strip() for key, value in row.items()})
+            cells["__extra__"] = "too many cells"
+        cells["__line__"] = str(reader.line_num)  # the file's line, blank lines counted
+        rows.append(cells)
     return header, rows
+
+
+@dataclass
+class ParsedLabels:
+    """The valid rows, a rejection per invalid row, and every path any row named."""
+
+    rows: list[LabelRow] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    referenced: set[str] = field(default_factory=set)
+
+    def __iter__(self):
+        return iter((self.rows, self.rejected))
 
 
 def parse_labels(
     labels_csv: str | Path,
     data_dir: str | Path,
     classes: list[str] | None = None,
-) -> tuple[list[LabelRow], list[Rejection]]:
+) -> ParsedLabels:
     """Validates every row of the table against the data folder.
 
     Args:
@@ -106,8 +121,10 @@ def parse_labels(
         classes: the allowed labels; ``None`` accepts any non-empty label.
 
     Returns:
-        The valid rows, and a rejection for each invalid row (row number counted from the
-        header = 1, as a spreadsheet shows it).
+        The valid rows, a rejection for each invalid row (numbered by the file's line, the
+        header being line 1, as a spreadsheet shows it), and the paths all rows named
+        (so a file whose row was refused is not reported a second time as unlisted).
+        Unpacks as ``rows, rejected``.
     """
     labels_csv, data_dir = Path(labels_csv), Path(data_dir)
     header, rows = read_table(labels_csv)
@@ -116,12 +133,20 @@ def parse_labels(
         for file in sorted(data_dir.rglob("*")):
             if file.is_file() and is_volume_file(file):
                 stems.setdefault(volume_stem(file.name), []).append(file)
-    accepted: list[LabelRow] = []
-    rejected: list[Rejection] = []
+    parsed = ParsedLabels()
+    accepted, rejected = parsed.rows, parsed.rejected
     seen: dict[str, int] = {}
-    for number, row in enumerate(rows, start=2):
+    for row in rows:
+        number = int(row["__line__"])
         where = f"{labels_csv.name} row {number}"
         identifier = row.get("id", "")
+        if "path" in header:
+            named, _ = safe_relative_path(data_dir, row.get("path", ""))
+        else:
+            found = stems.get(identifier, [])
+            named = found[0].relative_to(data_dir).as_posix() if len(found) == 1 else None
+        if named:
+            parsed.referenced.add(named)
 
         def reject(reason: str, where: str = where, identifier: str = identifier) -> None:
             rejected.append(Rejection(f"{where} (id={identifier!r})", reason))
@@ -132,6 +157,12 @@ def parse_labels(
         if not identifier:
             reject("empty id; expected a unique identifier")
             continue
+        if not SAFE_NAME.match(identifier):
+            reject(
+                f"id {identifier!r} has characters other than letters, digits, '.', '_' and "
+                "'-' (ids become file names)"
+            )
+            continue
         if identifier in seen:
             reject(f"duplicate id {identifier!r}, first used on row {seen[identifier]}")
             continue
@@ -139,6 +170,9 @@ def parse_labels(
         label = row.get("label", "")
         if not label:
             reject("empty label; unlabelled volumes belong in the unlabelled folder")
+            continue
+        if not SAFE_NAME.match(label):
+            reject(f"label {label!r} has characters other than letters, digits, '.', '_', '-'")
             continue
         if classes is not None and label not in classes:
             reject(f"unknown label {label!r}; expected one of {classes}")
@@ -165,4 +199,4 @@ def parse_labels(
             path = matches[0].relative_to(data_dir).as_posix()
         subject = row.get("subject", "") or identifier
         accepted.append(LabelRow(identifier, path, label, subject, split, number))
-    return accepted, rejected
+    return parsed

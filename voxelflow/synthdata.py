@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxelflow import phantom
-from voxelflow.atomic import atomic_dir, write_csv
+from voxelflow.atomic import atomic_dir, check_replaceable, write_csv
 from voxelflow.nifti import save_volume
 from voxelflow.params import Params, SynthParams
 from voxelflow.runtime import map_items
@@ -102,6 +102,9 @@ def write_dataset(out_dir: str | Path, params: Params, workers: int = 0) -> dict
     Returns:
         Counts of labelled scans, subjects and unlabelled scans.
     """
+    out_dir = Path(out_dir)
+    if not (out_dir / "truth.jsonl").is_file():  # not a dataset this function wrote before
+        check_replaceable(out_dir, ())
     planned = plan_scans(params.synth, params.seed, params.ingest.unlabelled_dir)
     with atomic_dir(out_dir) as staging:
         truths = map_items(

@@ -68,6 +68,7 @@ def test_transient_failures_are_told_apart():
 
     assert is_transient(-9, "")  # killed by a signal
     assert is_transient(1, "OSError: [Errno 28] No space left on device")
+    assert is_transient(255, "ERROR: failed to reproduce 'finetune': ... exited with -9")
     assert not is_transient(1, "ValueError: params.yaml: invalid params")
 
 

@@ -100,10 +100,10 @@ def test_finetune_refuses_encoder_of_other_shape(trained, tmp_path):
 
 
 def test_class_weights_balance_and_missing_class():
-    weights = finetune.class_weights([0, 0, 0, 1], 2)
+    weights = finetune.class_weights([0, 0, 0, 1], ["a", "b"])
     assert weights[1] == 3 * weights[0]
-    with pytest.raises(ValueError, match="no training volume"):
-        finetune.class_weights([0, 0], 2)
+    with pytest.raises(ValueError, match=r"classes \['b'\] have no training volume"):
+        finetune.class_weights([0, 0], ["a", "b"])
 
 
 def test_restoration_pair_targets_the_original_and_is_reproducible(tiny_data, tiny_params):

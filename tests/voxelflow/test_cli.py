@@ -46,3 +46,29 @@ def test_ingest_command_reports_bad_table(tmp_path):
     )
     assert result.exit_code == 2
     assert "missing required column(s) ['id']" in result.output
+
+
+def test_missing_params_file_is_an_error(tiny_data, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(tiny_data["raw"]),
+            "--labels",
+            str(tiny_data["raw"] / "labels.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--params",
+            str(tmp_path / "nope.yaml"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "nope.yaml: params file not found" in result.output
+
+
+def test_synth_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "scan.nii").write_bytes(b"mine")
+    result = runner.invoke(app, ["synth", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "refusing to replace it" in result.output
+    assert (tmp_path / "scan.nii").read_bytes() == b"mine"

@@ -41,7 +41,7 @@ def test_every_input_is_in_exactly_one_table(tmp_path):
     nan[0, 0, 0] = np.nan
     nib.save(nib.Nifti1Image(nan.astype(np.float32), np.eye(4)), str(data / "nan.nii"))
     (data / "cut.nii.gz").write_bytes((data / "s0_1.nii.gz").read_bytes()[:60])
-    (data / "copy.nii.gz").write_bytes((data / "s1_1.nii.gz").read_bytes())
+    (data / "copy.nii.gz").write_bytes((data / "s0_1.nii.gz").read_bytes())
     (data / "stray.nii").write_bytes((data / "unlabelled" / "u1.nii").read_bytes()[:-10])
     with open(data / "labels.csv", "a") as table:
         for name in ("four_d.nii", "flat.nii", "nan.nii", "cut.nii.gz", "copy.nii.gz"):
@@ -57,7 +57,7 @@ def test_every_input_is_in_exactly_one_table(tmp_path):
     assert "constant volume" in reasons["flat.nii"]
     assert "NaN or Inf" in reasons["nan.nii"]
     assert "cut.nii.gz" in reasons
-    assert "duplicate" in " ".join(reasons.values())
+    assert reasons["s0_1.nii.gz"].startswith("same content as copy.nii.gz (id='copy')")
     assert "not listed in the labels table" in reasons["stray.nii"]
     assert any("duplicate id 's0_1'" in reason for reason in reasons.values())
     assert any("ghost.nii' does not exist" in reason for reason in reasons.values())
@@ -87,7 +87,7 @@ def test_splits_grouped_by_subject_and_unlabelled_pool(tmp_path):
 
 
 def test_given_split_column_is_kept(tmp_path):
-    data = _dataset(tmp_path, subjects=6)
+    data = _dataset(tmp_path, subjects=10)
     text = (data / "labels.csv").read_text().splitlines()
     text = [text[0] + ",split"] + [
         line + (",test" if line.startswith("s1_") else ",") for line in text[1:]
@@ -107,3 +107,70 @@ def test_nothing_valid_is_an_error_and_writes_nothing(tmp_path):
             data, data / "labels.csv", tmp_path / "out", IngestParams(), seed=0, workers=1
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_conflicting_copies_unsafe_ids_and_refused_rows(tmp_path):
+    data = _dataset(tmp_path, subjects=12)
+    (data / "twin.nii.gz").write_bytes((data / "s1_1.nii.gz").read_bytes())
+    (data / "cat.nii.gz").write_bytes((data / "s2_1.nii.gz").read_bytes()[:-1] + b"x")
+    with open(data / "labels.csv", "a") as table:
+        table.write("twin,twin.nii.gz,no,twin\n")  # s1_1 is 'yes': which is right?
+        table.write("\n\n../../evil,s3_1.nii.gz,no,\n")
+        table.write("cat,cat.nii.gz,cat,\n")
+    out = tmp_path / "out"
+    ingest_folder(data, data / "labels.csv", out, IngestParams(classes=["no", "yes"]), 1, 1)
+    manifest = {row["id"] for row in _rows(out / "manifest.csv")}
+    rejected = _rows(out / "rejected.csv")
+    reasons = {row["input"]: row["reason"] for row in rejected}
+    assert "labelled differently" in reasons["twin.nii.gz"] and "s1_1" not in manifest
+    evil = next(row for row in rejected if "evil" in row["input"])
+    assert evil["input"].startswith("labels.csv row 20 ")  # blank lines counted
+    assert "ids become file names" in evil["reason"]
+    assert "unknown label 'cat'" in " ".join(reasons.values())
+    assert "cat.nii.gz" not in reasons  # its row's rejection is its answer, once
+
+
+def test_symlink_out_of_folder_in_unlabelled_pool_is_rejected(tmp_path):
+    data = _dataset(tmp_path)
+    outside = tmp_path / "secret.nii"
+    save_volume(outside, np.random.default_rng(5).normal(size=(6, 6, 6)), np.eye(4))
+    (data / "unlabelled" / "link.nii").symlink_to(outside)
+    out = tmp_path / "out"
+    ingest_folder(data, data / "labels.csv", out, IngestParams(), seed=1, workers=1)
+    reasons = {row["input"]: row["reason"] for row in _rows(out / "rejected.csv")}
+    assert "outside the data folder" in reasons["unlabelled/link.nii"]
+    assert "link" not in {row["id"] for row in _rows(out / "manifest.csv")}
+
+
+def test_subject_with_two_given_splits_is_rejected(tmp_path):
+    data = _dataset(tmp_path, subjects=8)
+    lines = (data / "labels.csv").read_text().splitlines()
+    lines = [lines[0] + ",split"] + [
+        line + {"s0_1": ",train", "s0_2": ",test"}.get(line.split(",")[0], ",")
+        for line in lines[1:]
+    ]
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    ingest_folder(data, data / "labels.csv", out, IngestParams(), seed=1, workers=1)
+    reasons = {row["input"]: row["reason"] for row in _rows(out / "rejected.csv")}
+    assert "more than one split ['test', 'train']" in reasons["s0_1.nii.gz"]
+    assert "s0_2.nii.gz" in reasons
+
+
+def test_a_class_missing_from_a_split_is_an_error(tmp_path):
+    data = _dataset(tmp_path, subjects=4)  # two subjects per class: no room for val
+    with pytest.raises(ValueError, match="no volumes for val/no, val/yes"):
+        ingest_folder(data, data / "labels.csv", tmp_path / "out", IngestParams(), 0, 1)
+
+
+def test_refuses_to_replace_a_folder_that_is_not_its_output(tmp_path):
+    data = _dataset(tmp_path)
+    with pytest.raises(ValueError, match="holds the input"):
+        ingest_folder(data, data / "labels.csv", data, IngestParams(), 0, 1)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty and not a previous output"):
+        ingest_folder(data, data / "labels.csv", other, IngestParams(), 0, 1)
+    assert (other / "thesis.txt").read_text() == "precious"
+    assert (data / "labels.csv").is_file()
