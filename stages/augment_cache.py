@@ -28,6 +28,7 @@ from voxelflow.seeding import rng_for
 log = logging.getLogger("voxelflow.stages.augment_cache")
 
 INDEX_COLUMNS = ("shard", "offset", "id", "copy", "label")
+OUTPUTS = ("shards", "index.csv", "provenance.jsonl", "cache.json")
 CACHE_DTYPE = "float16"
 
 
@@ -65,7 +66,10 @@ def run(
     ]
     index, buffer = [], []
     shard = 0
-    with atomic_dir(out_dir) as staging, open(staging / "provenance.jsonl", "w") as provenance:
+    with (
+        atomic_dir(out_dir, OUTPUTS) as staging,
+        open(staging / "provenance.jsonl", "w") as provenance,
+    ):
         (staging / "shards").mkdir()
 
         def flush() -> None:

@@ -61,10 +61,10 @@ def run(
             test.ids, labels, predicted, probabilities, strict=True
         )
     ]
-    with atomic_dir(metrics_dir) as staging:
+    with atomic_dir(metrics_dir, ("eval.json", "predictions.csv")) as staging:
         write_json(staging / "eval.json", result)
         write_csv(staging / "predictions.csv", rows, list(rows[0]))
-    with atomic_dir(plots_dir) as staging:
+    with atomic_dir(plots_dir, ("confusion.csv", "roc")) as staging:
         write_csv(staging / "confusion.csv", rows, ("id", "actual", "predicted"))
         for name, points in roc_curves(labels, probabilities, classes).items():
             write_csv(staging / "roc" / f"{name}.csv", points, ("fpr", "tpr"))

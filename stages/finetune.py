@@ -30,6 +30,8 @@ from voxelflow.training import params_hash, set_determinism, write_history
 
 log = logging.getLogger("voxelflow.stages.finetune")
 
+OUTPUTS = ("model.keras", "bundle.json", "history.csv", "checkpoint.keras")
+
 
 def class_weights(labels: list[int], classes: list[str]) -> dict[int, float]:
     """Weights inversely proportional to class frequency (mean weight 1 over the samples)."""
@@ -100,7 +102,7 @@ def run(
         _one_hot(len(classes))
     )
     started = time.perf_counter()
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, OUTPUTS) as staging:
         checkpoint = staging / "checkpoint.keras"
         mode = "min" if tune.monitor == "val_loss" else "max"
         callbacks = [

@@ -20,6 +20,8 @@ from voxelflow.runtime import map_items, setup_logging
 
 log = logging.getLogger("voxelflow.stages.preprocess")
 
+OUTPUTS = ("arrays", INDEX, SPEC, "rejected.csv")
+
 
 def spec_from_params(params: PreprocessParams) -> PreprocessSpec:
     return PreprocessSpec(
@@ -54,7 +56,7 @@ def run(
     spec = spec_from_params(params.preprocess)
     report_path = Path(manifest_csv).with_name("ingest_report.json")
     classes = json.loads(report_path.read_text())["classes"]
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, OUTPUTS) as staging:
         (staging / "arrays").mkdir()
         jobs = [(row, str(data_dir), str(staging), spec) for row in rows]
         results = map_items(_preprocess_one, jobs, workers, "preprocess")

@@ -30,6 +30,7 @@ from voxelflow.training import params_hash, set_determinism, write_history
 log = logging.getLogger("voxelflow.stages.pretrain")
 
 PRETRAIN_SPLITS = ("train", "unlabelled")
+OUTPUTS = ("encoder.keras", "history.csv", "pretrain.json")
 
 
 def pretraining_source(preprocessed_dir: str | Path) -> VolumeSource:
@@ -103,7 +104,7 @@ def run(preprocessed_dir: str | Path, out_dir: str | Path, params: Params) -> di
         summary["final_loss"] = float(history["loss"][-1])
         summary["first_loss"] = float(history["loss"][0])
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, OUTPUTS) as staging:
         encoder.save(staging / "encoder.keras")
         write_history(staging / "history.csv", history or {"loss": []})
         write_json(staging / "pretrain.json", summary)

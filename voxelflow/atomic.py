@@ -64,9 +64,15 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Builds a whole output folder in a temporary sibling and swaps it in on success."""
+def atomic_dir(path: str | Path, expected: Iterable[str] | None = None) -> Iterator[Path]:
+    """Builds a whole output folder in a temporary sibling and swaps it in on success.
+
+    With ``expected`` (the names this output consists of), an existing folder holding
+    anything else is refused rather than replaced (see :func:`check_replaceable`).
+    """
     path = Path(path)
+    if expected is not None:
+        check_replaceable(path, expected)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

@@ -185,7 +185,7 @@ def ingest_folder(
     order = {"train": 0, "val": 1, "test": 2, UNLABELLED: 3}
     accepted.sort(key=lambda row: (order[row["split"]], row["id"]))
     report = _report(accepted, rejected, classes)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir) as staging:  # checked before any work, inputs protected
         write_csv(staging / "manifest.csv", accepted, MANIFEST_COLUMNS)
         write_csv(staging / "rejected.csv", [asdict(item) for item in rejected], REJECTED_COLUMNS)
         write_json(staging / "ingest_report.json", report)

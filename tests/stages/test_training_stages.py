@@ -115,3 +115,14 @@ def test_restoration_pair_targets_the_original_and_is_reproducible(tiny_data, ti
     assert not np.allclose(corrupted, original)
     assert np.array_equal(example(source, 0, 0)[0], corrupted)
     assert not np.array_equal(example(source, 0, 1)[0], corrupted)  # a new corruption each epoch
+
+
+def test_stage_refuses_to_replace_a_folder_of_other_files(
+    trained, tiny_data, tiny_params, tmp_path
+):
+    (tmp_path / "thesis.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty and not a previous output"):
+        evaluate.run(
+            trained / "classifier", tiny_data["preprocessed"], tmp_path, tmp_path / "p", tiny_params
+        )
+    assert (tmp_path / "thesis.txt").read_text() == "precious"
