@@ -12,7 +12,6 @@ hash, frozen blocks, parameter counts, validation metrics) and ``history.csv``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from voxelflow import models
 from voxelflow.atomic import atomic_dir, write_json
 from voxelflow.data import cache_source, classification_dataset, preprocessed_source
-from voxelflow.dataset import read_spec
+from voxelflow.dataset import class_names, read_spec
 from voxelflow.params import Params, load_params, params_dict
 from voxelflow.runtime import setup_logging
 from voxelflow.training import params_hash, set_determinism, write_history
@@ -67,7 +66,7 @@ def run(
     set_determinism(params.seed)
     tune = params.finetune
     spec = read_spec(preprocessed_dir)
-    classes = json.loads((Path(augmented_dir) / "cache.json").read_text())["classes"]
+    classes = class_names(preprocessed_dir)
     shape = tuple(spec.target_shape)
     train = cache_source(augmented_dir, classes)
     if tune.include_originals:

@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -113,8 +114,6 @@ def run(preprocessed_dir: str | Path, out_dir: str | Path, params: Params) -> di
 
 
 def _optimizer(params: Params, volumes: int):
-    import keras
-
     steps = params.pretrain.epochs * int(np.ceil(volumes / params.pretrain.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(params.pretrain.learning_rate, max(1, steps))
     return keras.optimizers.Adam(schedule)

@@ -104,9 +104,6 @@ class ParsedLabels:
     rejected: list[Rejection] = field(default_factory=list)
     referenced: set[str] = field(default_factory=set)
 
-    def __iter__(self):
-        return iter((self.rows, self.rejected))
-
 
 def parse_labels(
     labels_csv: str | Path,
@@ -124,7 +121,6 @@ def parse_labels(
         The valid rows, a rejection for each invalid row (numbered by the file's line, the
         header being line 1, as a spreadsheet shows it), and the paths all rows named
         (so a file whose row was refused is not reported a second time as unlisted).
-        Unpacks as ``rows, rejected``.
     """
     labels_csv, data_dir = Path(labels_csv), Path(data_dir)
     header, rows = read_table(labels_csv)

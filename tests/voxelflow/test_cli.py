@@ -6,6 +6,18 @@ from voxelflow.dataset import read_rows
 runner = CliRunner()
 
 
+def _ingest(data_dir, out, *extra):
+    arguments = [
+        "ingest",
+        str(data_dir),
+        "--labels",
+        str(data_dir / "labels.csv"),
+        "--out",
+        str(out),
+    ]
+    return runner.invoke(app, [*arguments, *map(str, extra)])
+
+
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -14,17 +26,7 @@ def test_help_lists_commands():
 
 
 def test_ingest_command_writes_manifest_and_rejected(tiny_data, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "ingest",
-            str(tiny_data["raw"]),
-            "--labels",
-            str(tiny_data["raw"] / "labels.csv"),
-            "--out",
-            str(tmp_path / "checked"),
-        ],
-    )
+    result = _ingest(tiny_data["raw"], tmp_path / "checked")
     assert result.exit_code == 0, result.output
     manifest = read_rows(tmp_path / "checked" / "manifest.csv")
     assert list(manifest[0])[0] == "id"
@@ -33,35 +35,13 @@ def test_ingest_command_writes_manifest_and_rejected(tiny_data, tmp_path):
 
 def test_ingest_command_reports_bad_table(tmp_path):
     (tmp_path / "labels.csv").write_text("name,label\n")
-    result = runner.invoke(
-        app,
-        [
-            "ingest",
-            str(tmp_path),
-            "--labels",
-            str(tmp_path / "labels.csv"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    result = _ingest(tmp_path, tmp_path / "o")
     assert result.exit_code == 2
     assert "missing required column(s) ['id']" in result.output
 
 
 def test_missing_params_file_is_an_error(tiny_data, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "ingest",
-            str(tiny_data["raw"]),
-            "--labels",
-            str(tiny_data["raw"] / "labels.csv"),
-            "--out",
-            str(tmp_path / "o"),
-            "--params",
-            str(tmp_path / "nope.yaml"),
-        ],
-    )
+    result = _ingest(tiny_data["raw"], tmp_path / "o", "--params", tmp_path / "nope.yaml")
     assert result.exit_code == 2
     assert "nope.yaml: params file not found" in result.output
 

@@ -5,6 +5,11 @@ import pytest
 from voxelflow.labels import parse_labels, read_table, safe_relative_path, volume_stem
 
 
+def _parse(*args, **kwargs):
+    parsed = parse_labels(*args, **kwargs)
+    return parsed.rows, parsed.rejected
+
+
 def _folder(tmp_path, names=("a.nii.gz", "b.nii", "sub/c.nii")):
     data = tmp_path / "data"
     for name in names:
@@ -27,7 +32,7 @@ def test_volume_stem():
 def test_valid_rows_with_subject_and_split(tmp_path):
     data = _folder(tmp_path)
     table = _table(tmp_path, "id,path,label,subject,split\na,a.nii.gz,x,s1,test\nc,sub/c.nii,y,,\n")
-    rows, rejected = parse_labels(table, data)
+    rows, rejected = _parse(table, data)
     assert rejected == []
     assert [(r.id, r.path, r.label, r.subject, r.split) for r in rows] == [
         ("a", "a.nii.gz", "x", "s1", "test"),
@@ -37,7 +42,7 @@ def test_valid_rows_with_subject_and_split(tmp_path):
 
 def test_missing_path_column_matches_by_stem(tmp_path):
     data = _folder(tmp_path)
-    rows, rejected = parse_labels(_table(tmp_path, "id,label\na,x\nzz,y\n"), data)
+    rows, rejected = _parse(_table(tmp_path, "id,label\na,x\nzz,y\n"), data)
     assert [r.path for r in rows] == ["a.nii.gz"]
     assert rejected[0].input == "labels.csv row 3 (id='zz')"
     assert "no volume file named zz" in rejected[0].reason
@@ -56,7 +61,7 @@ def test_missing_path_column_matches_by_stem(tmp_path):
 )
 def test_bad_rows_are_rejected_with_reason(tmp_path, row, reason):
     data = _folder(tmp_path)
-    rows, rejected = parse_labels(_table(tmp_path, f"id,path,label\n{row}\n"), data)
+    rows, rejected = _parse(_table(tmp_path, f"id,path,label\n{row}\n"), data)
     assert rows == []
     assert len(rejected) == 1
     assert "row 2" in rejected[0].input
@@ -65,9 +70,7 @@ def test_bad_rows_are_rejected_with_reason(tmp_path, row, reason):
 
 def test_duplicate_id_names_first_row(tmp_path):
     data = _folder(tmp_path)
-    rows, rejected = parse_labels(
-        _table(tmp_path, "id,path,label\na,a.nii.gz,x\na,b.nii,y\n"), data
-    )
+    rows, rejected = _parse(_table(tmp_path, "id,path,label\na,a.nii.gz,x\na,b.nii,y\n"), data)
     assert [r.id for r in rows] == ["a"]
     assert "duplicate id 'a', first used on row 2" in rejected[0].reason
 
@@ -75,7 +78,7 @@ def test_duplicate_id_names_first_row(tmp_path):
 def test_unknown_label_and_split(tmp_path):
     data = _folder(tmp_path)
     table = _table(tmp_path, "id,path,label,split\na,a.nii.gz,cat,\nb,b.nii,x,holdout\n")
-    rows, rejected = parse_labels(table, data, classes=["x", "y"])
+    rows, rejected = _parse(table, data, classes=["x", "y"])
     assert rows == []
     assert "unknown label 'cat'; expected one of ['x', 'y']" in rejected[0].reason
     assert "unknown split 'holdout'" in rejected[1].reason
