@@ -40,7 +40,7 @@ class Rejection:
 def volume_stem(name: str) -> str:
     """The file name without its volume extension(s): ``a.nii.gz`` -> ``a``."""
     lowered = name.lower()
-    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh", ".hdr", ".img"):
+    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh", ".mnc", ".hdr.gz", ".hdr", ".img.gz", ".img"):
         if lowered.endswith(suffix):
             return name[: -len(suffix)]
     return name

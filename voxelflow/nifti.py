@@ -10,7 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr")
+# A primary file per volume; the data file of a pair travels with its header.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".mnc", ".hdr", ".hdr.gz")
+COMPANIONS = {".hdr": (".img", ".img.gz"), ".hdr.gz": (".img.gz", ".img")}
+NON_FINITE_POLICIES = ("reject", "repair")
 
 
 class VolumeError(ValueError):
@@ -19,11 +22,16 @@ class VolumeError(ValueError):
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3D volume in scanner units with its voxel-to-world (RAS+ mm) affine."""
+    """A 3D volume in scanner units with its voxel-to-world (RAS+ mm) affine.
+
+    ``repaired`` counts the NaN/Inf voxels replaced by the volume's finite minimum (only
+    when the caller allowed it).
+    """
 
     data: np.ndarray
     affine: np.ndarray
     disk_dtype: str
+    repaired: int = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -38,10 +46,50 @@ class Volume:
         return "".join(nib.aff2axcodes(self.affine))
 
 
+def _suffix(name: str, suffixes) -> str | None:
+    lowered = name.lower()
+    return next((suffix for suffix in suffixes if lowered.endswith(suffix)), None)
+
+
 def is_volume_file(path: str | Path) -> bool:
-    """Whether the name has a volume extension nibabel reads (``.img`` travels with ``.hdr``)."""
-    name = Path(path).name.lower()
-    return any(name.endswith(suffix) for suffix in VOLUME_SUFFIXES)
+    """Whether the name is a volume nibabel reads (a pair counts once, by its ``.hdr``)."""
+    return _suffix(Path(path).name, VOLUME_SUFFIXES) is not None
+
+
+def is_companion_file(path: str | Path) -> bool:
+    """Whether the name is the data half of a pair (``.img``), which its header names."""
+    return _suffix(Path(path).name, (".img", ".img.gz")) is not None
+
+
+def companion_files(path: str | Path) -> list[Path]:
+    """The data files that travel with a header (``x.hdr`` -> ``x.img``), those present."""
+    path = Path(path)
+    suffix = _suffix(path.name, COMPANIONS)
+    if suffix is None:
+        return []
+    stem = path.name[: -len(suffix)]
+    upper = path.name[-len(suffix) :].isupper()
+    found = []
+    for data_suffix in COMPANIONS[suffix]:
+        candidate = path.with_name(stem + (data_suffix.upper() if upper else data_suffix))
+        if candidate.is_file():
+            found.append(candidate)
+    return found[:1]
+
+
+def header_of(path: str | Path) -> Path | None:
+    """For a pair's data file, its header if present (``x.img`` -> ``x.hdr``)."""
+    path = Path(path)
+    suffix = _suffix(path.name, (".img.gz", ".img"))
+    if suffix is None:
+        return None
+    stem = path.name[: -len(suffix)]
+    upper = path.name[-len(suffix) :].isupper()
+    for header_suffix in (".hdr", ".hdr.gz"):
+        candidate = path.with_name(stem + (header_suffix.upper() if upper else header_suffix))
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
@@ -49,60 +97,120 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(value) for value in np.linalg.norm(affine[:3, :3], axis=0))
 
 
-def read_header(path: str | Path) -> tuple[tuple[int, ...], str, np.ndarray]:
-    """Opens a file lazily: its shape, on-disk dtype and affine, without reading the voxels."""
-    path = Path(path)
+def _open(path: Path):
+    if _suffix(path.name, COMPANIONS) and not companion_files(path):
+        raise VolumeError(
+            f"{path}: the header's data file is missing (expected "
+            f"{path.name.rsplit('.hdr', 1)[0]}.img next to it)"
+        )
     try:
-        image = nib.load(str(path))
+        return nib.load(str(path))
     except FileNotFoundError as error:
         raise VolumeError(f"{path}: file not found ({error.filename})") from None
     except Exception as error:  # nibabel raises many types for corrupt headers
         raise VolumeError(f"{path}: unreadable header: {type(error).__name__}: {error}") from None
+
+
+def read_header(path: str | Path) -> tuple[tuple[int, ...], str, np.ndarray]:
+    """Opens a file lazily: its shape, on-disk dtype and affine, without reading the voxels.
+
+    The affine is nibabel's choice among the header's transforms (for NIfTI: the sform when
+    its code is set, else the qform, else the voxel sizes alone).
+    """
+    image = _open(Path(path))
     shape = tuple(int(size) for size in image.shape)
     dtype = np.dtype(image.get_data_dtype())
     affine = np.asarray(image.affine, dtype=np.float64)
     return shape, dtype.name, affine
 
 
-def load_volume(path: str | Path, max_voxels: int | None = None) -> Volume:
+def _volume_shape(path: Path, shape: tuple[int, ...], volume_index: int | None):
+    """The 3D shape to read, and the index of the 4D volume to take (None: the whole file)."""
+    if len(shape) == 4 and shape[3] == 1:
+        return shape[:3], None
+    if len(shape) == 4:
+        if volume_index is None:
+            raise VolumeError(
+                f"{path}: a 4D series of {shape[3]} volumes {shape}; expected a 3D volume "
+                "(set ingest.volume_index to take one volume of every series)"
+            )
+        if not 0 <= volume_index < shape[3]:
+            raise VolumeError(
+                f"{path}: volume_index {volume_index} is out of range for a series of "
+                f"{shape[3]} volumes {shape}"
+            )
+        return shape[:3], volume_index
+    if len(shape) != 3:
+        raise VolumeError(f"{path}: expected a 3D volume, got shape {shape} ({len(shape)}D)")
+    return shape, None
+
+
+def load_volume(
+    path: str | Path,
+    max_voxels: int | None = None,
+    volume_index: int | None = None,
+    non_finite: str = "reject",
+) -> Volume:
     """Reads a 3D volume, applying the header's scaling, checking it is usable.
 
-    A 4D file whose fourth dimension is 1 is squeezed. The voxel count is checked against
-    ``max_voxels`` from the header before any data is read (a guard against decompression
-    bombs).
+    A 4D file whose fourth dimension is 1 is squeezed; from a true 4D series the volume
+    ``volume_index`` is taken (reading only that volume), or the file is refused. The voxel
+    count is checked against ``max_voxels`` from the header before any data is read (a guard
+    against decompression bombs). Byte order and scaling (slope/intercept) are applied by
+    nibabel.
+
+    Args:
+        non_finite: ``"reject"`` refuses NaN/Inf voxels; ``"repair"`` replaces them by the
+            volume's finite minimum and counts them in ``Volume.repaired``.
 
     Raises:
-        VolumeError: unreadable or truncated file, wrong dimensionality, complex or RGB data,
-            a singular or non-finite affine, too many voxels, or NaN/Inf voxels.
+        VolumeError: unreadable or truncated file, missing data file of a pair, wrong
+            dimensionality, complex or RGB data, a singular or non-finite affine, too many
+            voxels, or NaN/Inf voxels (when not repaired).
     """
     path = Path(path)
-    shape, disk_dtype, affine = read_header(path)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise VolumeError(f"{path}: expected a 3D volume, got shape {shape}")
-    dtype = np.dtype(disk_dtype)
-    if dtype.kind == "c" or dtype.fields is not None:
-        raise VolumeError(f"{path}: complex or RGB voxels ({disk_dtype}) are not a scalar volume")
-    if max_voxels is not None and int(np.prod(shape)) > max_voxels:
+    if non_finite not in NON_FINITE_POLICIES:
+        raise ValueError(f"non_finite must be one of {NON_FINITE_POLICIES}, got {non_finite!r}")
+    image = _open(path)
+    full_shape = tuple(int(size) for size in image.shape)
+    shape, index = _volume_shape(path, full_shape, volume_index)
+    disk_dtype = np.dtype(image.get_data_dtype())
+    if disk_dtype.kind == "c" or disk_dtype.fields is not None:
         raise VolumeError(
-            f"{path}: {int(np.prod(shape))} voxels {shape} exceeds the limit of {max_voxels}"
+            f"{path}: complex or RGB voxels ({disk_dtype}) are not a scalar volume"
         )
+    if disk_dtype.kind not in "biuf":
+        raise VolumeError(f"{path}: voxel type {disk_dtype} is not numeric")
+    voxels = int(np.prod(shape))
+    if max_voxels is not None and voxels > max_voxels:
+        raise VolumeError(
+            f"{path}: {voxels} voxels {shape} exceeds the limit of {max_voxels} "
+            "(ingest.max_voxels)"
+        )
+    affine = np.asarray(image.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise VolumeError(f"{path}: the affine is singular or not finite:\n{affine}")
     try:
-        image = nib.load(str(path))
-        data = np.asarray(image.get_fdata(dtype=np.float32))
+        if index is None:
+            data = image.get_fdata(dtype=np.float32, caching="unchanged")
+        else:
+            data = np.asarray(image.dataobj[..., index]).astype(np.float32, copy=False)
     except Exception as error:  # truncated gzip: EOFError, zlib.error, OSError...
         raise VolumeError(
             f"{path}: cannot read the voxel data (truncated or corrupt?): "
             f"{type(error).__name__}: {error}"
         ) from None
-    data = data.reshape(shape)
-    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    data = np.ascontiguousarray(data.reshape(shape))
+    finite = np.isfinite(data)
+    bad = int(data.size - np.count_nonzero(finite))
+    if bad and (non_finite == "reject" or bad == data.size):
+        hint = "" if bad == data.size else " (ingest.non_finite: repair replaces them)"
+        raise VolumeError(
+            f"{path}: {bad} of {data.size} voxels are NaN or Inf; expected finite values{hint}"
+        )
     if bad:
-        raise VolumeError(f"{path}: {bad} voxels are NaN or Inf; expected finite values")
-    return Volume(data=data, affine=affine, disk_dtype=disk_dtype)
+        data[~finite] = data[finite].min()
+    return Volume(data=data, affine=affine, disk_dtype=disk_dtype.name, repaired=bad)
 
 
 def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
