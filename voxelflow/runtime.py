@@ -1,13 +1,16 @@
 """Process-level set-up shared by the stage entry points and the CLI: logging, quiet libraries,
-and a process pool for per-volume work."""
+and a bounded per-volume executor (a local process pool or a Dask cluster)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -37,8 +40,19 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+DASK_CONNECT_TIMEOUT = "10s"
+"""How long :func:`iter_items` waits for a Dask scheduler before giving up."""
+
+WINDOW_PER_WORKER = 2
+"""Items in flight per worker: enough to keep every worker busy, few enough to keep memory flat."""
+
+
 def default_workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    """All cores this process may run on (its CPU affinity), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 def iter_items(
@@ -46,25 +60,30 @@ def iter_items(
     items: Sequence[Item] | Iterable[Item],
     workers: int = 0,
     description: str = "",
+    dask_address: str | None = None,
 ) -> Iterator[Result]:
-    """Yields ``function(item)`` for every item in order, from a process pool, with progress.
+    """Yields ``function(item)`` for every item, in input order, with a progress bar.
 
-    Results are yielded as they come, so a caller that writes them out keeps memory flat.
-    ``workers`` = 0 picks one per core; 1 runs in this process (easier to debug and profile).
-    ``function`` must be a module-level function so the pool can pickle it.
+    At most ``2 * workers`` items are in flight at a time: the oldest is waited for, yielded,
+    and only then is the next item taken from ``items`` (a generator is consumed lazily), so a
+    caller that writes results out as they come keeps memory flat.
+
+    ``workers`` = 0 picks one per usable core (or, on Dask, the cluster's total threads);
+    1 runs in this process (easier to debug and profile). ``dask_address`` (such as
+    ``"tcp://scheduler:8786"``) runs the items on that Dask cluster instead of a local process
+    pool. ``function`` must be a module-level function (importable by the pool's or the
+    cluster's workers) and items and results must pickle. An exception raised by ``function``
+    reaches the caller with its own type and message.
     """
-    items = list(items)
-    workers = workers or default_workers()
-    with tqdm(total=len(items), desc=description, unit="vol", disable=None) as progress:
-        if workers == 1 or len(items) <= 1:
-            for item in items:
-                yield function(item)
-                progress.update()
+    total = len(items) if hasattr(items, "__len__") else None
+    with tqdm(total=total, desc=description, unit="vol", disable=None) as progress:
+        if dask_address:
+            results = _iter_dask(function, items, workers, dask_address)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(function, items, chunksize=1):
-                    yield result
-                    progress.update()
+            results = _iter_pool(function, items, workers or default_workers(), total)
+        for result in results:
+            yield result
+            progress.update()
 
 
 def map_items(
@@ -72,6 +91,85 @@ def map_items(
     items: Sequence[Item] | Iterable[Item],
     workers: int = 0,
     description: str = "",
+    dask_address: str | None = None,
 ) -> list[Result]:
     """:func:`iter_items`, collected into a list."""
-    return list(iter_items(function, items, workers, description))
+    return list(iter_items(function, items, workers, description, dask_address))
+
+
+def _iter_pool(
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    workers: int,
+    total: int | None,
+) -> Iterator[Result]:
+    if total is not None:
+        workers = min(workers, total)
+    iterator = iter(items)
+    # Peek at two items so that a single item (from a generator too) runs inline.
+    head = list(itertools.islice(iterator, 2))
+    iterator = itertools.chain(head, iterator)
+    if workers <= 1 or len(head) <= 1:
+        for item in iterator:
+            yield function(item)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from _bounded(
+            lambda item: pool.submit(function, item),
+            lambda future: future.result(),
+            lambda pending: [future.cancel() for future in pending],
+            iterator,
+            WINDOW_PER_WORKER * workers,
+        )
+
+
+def _iter_dask(
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    workers: int,
+    address: str,
+) -> Iterator[Result]:
+    from dask.distributed import Client  # lazily: importing distributed takes seconds
+
+    try:
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        raise ConnectionError(
+            f"cannot reach the Dask scheduler at {address} (waited {DASK_CONNECT_TIMEOUT}): {error}"
+        ) from error
+    try:
+        workers = workers or max(1, sum(client.nthreads().values()))
+        run = f"voxelflow-{getattr(function, '__name__', 'item')}-{uuid.uuid4().hex}"
+        keys = itertools.count()
+        yield from _bounded(
+            lambda item: client.submit(function, item, pure=False, key=f"{run}-{next(keys)}"),
+            lambda future: future.result(),
+            lambda pending: client.cancel(list(pending)) if pending else None,
+            iter(items),
+            WINDOW_PER_WORKER * workers,
+        )
+    finally:
+        client.close()
+
+
+def _bounded(
+    submit: Callable[[Any], Any],
+    result: Callable[[Any], Any],
+    cancel: Callable[[deque[Any]], Any],
+    items: Iterator[Any],
+    window: int,
+) -> Iterator[Any]:
+    """Submits items with at most ``window`` futures pending, yielding results in order.
+
+    On an error (or when the caller stops early) the futures still pending are cancelled.
+    """
+    pending: deque[Any] = deque()
+    try:
+        for item in items:
+            pending.append(submit(item))
+            if len(pending) >= window:
+                yield result(pending.popleft())
+        while pending:
+            yield result(pending.popleft())
+    finally:
+        cancel(pending)
