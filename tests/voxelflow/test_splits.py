@@ -1,30 +1,52 @@
 from collections import Counter
 
-from voxelflow.splits import assign_splits, split_counts
+import pytest
+
+from voxelflow.splits import assign_splits, split_intervals
+
+FRACTIONS = (0.7, 0.15, 0.15)
 
 
-def test_split_counts_sum_and_minimums():
-    assert split_counts(10, (0.7, 0.15, 0.15)) == [7, 2, 1]
-    assert split_counts(3, (0.7, 0.15, 0.15)) == [1, 1, 1]
-    assert split_counts(101, (0.6, 0.2, 0.2)) == [61, 20, 20]
+def test_intervals_cover_zero_to_one():
+    intervals = split_intervals(FRACTIONS)
+    assert intervals["train"] == (0.0, 0.7)
+    assert intervals["val"] == pytest.approx((0.7, 0.85))
+    assert intervals["test"][1] == 1.0
 
 
-def test_stratified_and_grouped():
-    subjects = {f"s{i}": ["a"] * (1 + i % 2) for i in range(40)}
-    subjects.update({f"t{i}": ["b"] for i in range(20)})
-    assignment = assign_splits(subjects, (0.5, 0.25, 0.25), seed=1)
-    assert set(assignment) == set(subjects)
-    per_class = Counter((name[0], split) for name, split in assignment.items())
-    assert per_class[("s", "train")] == 20 and per_class[("s", "val")] == 10
-    assert per_class[("t", "train")] == 10 and per_class[("t", "test")] == 5
+def test_fractions_hold_per_class_in_expectation():
+    subjects = {f"a{i}": ["a"] for i in range(2000)} | {f"b{i}": ["b"] for i in range(1000)}
+    assignment, moved = assign_splits(subjects, FRACTIONS, seed=1)
+    assert not moved
+    for prefix, total in (("a", 2000), ("b", 1000)):
+        counts = Counter(split for name, split in assignment.items() if name[0] == prefix)
+        assert sum(counts.values()) == total
+        assert abs(counts["train"] / total - 0.7) < 0.05
+        assert abs(counts["test"] / total - 0.15) < 0.04
 
 
-def test_deterministic_and_order_independent():
-    subjects = {f"s{i}": ["a" if i % 3 else "b"] for i in range(30)}
-    reversed_subjects = dict(reversed(list(subjects.items())))
-    assert assign_splits(subjects, (0.7, 0.15, 0.15), 5) == assign_splits(
-        reversed_subjects, (0.7, 0.15, 0.15), 5
-    )
-    assert assign_splits(subjects, (0.7, 0.15, 0.15), 5) != assign_splits(
-        subjects, (0.7, 0.15, 0.15), 6
-    )
+def test_stable_when_subjects_are_added():
+    """A subject's split depends on itself only: not on the order or number of the others."""
+    before = {f"s{i}": ["a" if i % 3 else "b"] for i in range(60)}
+    after = {f"new{i}": ["b"] for i in range(40)} | dict(reversed(list(before.items())))
+    first, moved_first = assign_splits(before, FRACTIONS, 5)
+    second, moved_second = assign_splits(after, FRACTIONS, 5)
+    assert not moved_first and not moved_second
+    assert all(second[subject] == split for subject, split in first.items())
+    assert assign_splits(before, FRACTIONS, 6)[0] != first  # the seed matters
+
+
+def test_grouped_by_subject_and_stratified_by_majority_label():
+    subjects = {"x": ["a", "a", "b"], "y": ["b"]}
+    assignment, _ = assign_splits(subjects, FRACTIONS, 3)
+    assert set(assignment) == {"x", "y"}
+    assert set(assignment.values()) <= {"train", "val", "test"}
+
+
+def test_a_tiny_class_still_gets_every_split():
+    subjects = {f"s{i}": ["rare"] for i in range(3)} | {f"c{i}": ["common"] for i in range(200)}
+    for seed in range(20):
+        assignment, moved = assign_splits(subjects, FRACTIONS, seed)
+        rare = Counter(split for name, split in assignment.items() if name.startswith("s"))
+        assert rare == {"train": 1, "val": 1, "test": 1}
+        assert all(name.startswith("s") for name in moved)  # only the tiny class moved
