@@ -76,6 +76,33 @@ def ingest(
     typer.echo(json.dumps(report, indent=2))
 
 
+@app.command("import-npz")
+def import_npz(
+    file: Annotated[Path, typer.Argument(help="a MedMNIST-style 3D .npz archive")],
+    out: Annotated[Path, typer.Argument(help="folder to write volumes/, labels.csv into")],
+    classes: Annotated[
+        str | None,
+        typer.Option(help="class names by integer label, e.g. normal,hyperplasia"),
+    ] = None,
+    spacing: Annotated[
+        str, typer.Option(help="voxel size in mm: one value or three, e.g. 1.0 or 1,1,2")
+    ] = "1.0",
+) -> None:
+    """Import a MedMNIST .npz as NIfTI volumes + labels.csv (official splits kept)."""
+    from voxelflow.npz_import import import_npz as write_npz
+
+    try:
+        names = None if classes is None else [name.strip() for name in classes.split(",")]
+        try:
+            spacing_mm = [float(value) for value in spacing.split(",")]
+        except ValueError:
+            raise ValueError(f"--spacing {spacing!r}: expected one or three numbers") from None
+        summary = write_npz(file, out, names, spacing_mm)
+    except ValueError as error:
+        _fail(error)
+    typer.echo(json.dumps(summary))
+
+
 @app.command()
 def run(
     root: Annotated[Path, typer.Option(help="the voxelflow repository to run")] = Path("."),
