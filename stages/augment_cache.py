@@ -22,7 +22,7 @@ from voxelflow.atomic import atomic_dir, save_npy, write_csv, write_json
 from voxelflow.augment import apply_transform, sample_transform
 from voxelflow.dataset import class_names, load_array, read_index, read_spec
 from voxelflow.params import AugmentParams, Params, load_params
-from voxelflow.runtime import iter_items, setup_logging
+from voxelflow.runtime import add_compute_options, compute_options, iter_items, setup_logging
 from voxelflow.seeding import rng_for
 
 log = logging.getLogger("voxelflow.stages.augment_cache")
@@ -53,9 +53,14 @@ def augment_copies(
 
 
 def run(
-    preprocessed_dir: str | Path, out_dir: str | Path, params: Params, workers: int = 0
+    preprocessed_dir: str | Path,
+    out_dir: str | Path,
+    params: Params,
+    workers: int | None = None,
+    dask_address: str | None = None,
 ) -> dict:
     """Writes the augmented cache of the training split into ``out_dir`` (atomically)."""
+    workers, dask_address = compute_options(params.compute, workers, dask_address)
     rows = read_index(preprocessed_dir, ("train",))
     if not rows:
         raise ValueError(f"{preprocessed_dir}: the training split is empty; nothing to augment")
@@ -78,7 +83,7 @@ def run(
                 save_npy(staging / "shards" / f"shard-{shard:05d}.npy", np.stack(buffer))
                 shard, buffer = shard + 1, []
 
-        for copies in iter_items(augment_copies, jobs, workers, "augment-cache"):
+        for copies in iter_items(augment_copies, jobs, workers, "augment-cache", dask_address):
             for record, array in copies:
                 index.append(
                     {
@@ -113,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--preprocessed", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=0, help="0: one process per core")
+    add_compute_options(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    run(args.preprocessed, args.out, load_params(args.params), args.workers)
+    run(args.preprocessed, args.out, load_params(args.params), args.workers, args.dask_address)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from voxelflow.ingest import ingest_folder
 from voxelflow.params import Params, load_params
-from voxelflow.runtime import setup_logging
+from voxelflow.runtime import add_compute_options, compute_options, setup_logging
 
 
 def run(
@@ -18,10 +18,14 @@ def run(
     labels_csv: str | Path,
     out_dir: str | Path,
     params: Params,
-    workers: int = 0,
+    workers: int | None = None,
+    dask_address: str | None = None,
 ) -> dict:
-    """Writes manifest.csv, rejected.csv and ingest_report.json into ``out_dir``."""
-    return ingest_folder(data_dir, labels_csv, out_dir, params.ingest, params.seed, workers)
+    """Writes manifest.csv, rejected.csv, ingest_report.json and fingerprint.json."""
+    workers, dask_address = compute_options(params.compute, workers, dask_address)
+    return ingest_folder(
+        data_dir, labels_csv, out_dir, params.ingest, params.seed, workers, dask_address
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,10 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--labels", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=0, help="0: one process per core")
+    add_compute_options(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    run(args.data, args.labels, args.out, load_params(args.params), args.workers)
+    run(
+        args.data,
+        args.labels,
+        args.out,
+        load_params(args.params),
+        args.workers,
+        args.dask_address,
+    )
 
 
 if __name__ == "__main__":

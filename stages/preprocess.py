@@ -2,6 +2,12 @@
 
     python -m stages.preprocess --manifest data/ingested/manifest.csv --data data/raw \
         --out data/preprocessed
+
+``auto`` values in the ``preprocess`` params are filled from ``fingerprint.json`` (written
+by ingest next to the manifest); ``preprocess.json`` records the values used. Volumes are
+processed on a process pool or a Dask cluster (params ``compute``); the arrays come back to
+this process, which writes them, so workers need to read the data folder but not write
+anywhere, and at most a few volumes are in memory at once.
 """
 
 from __future__ import annotations
@@ -11,37 +17,44 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from voxelflow.atomic import atomic_dir, save_npy, write_csv, write_json
 from voxelflow.dataset import INDEX, SPEC, read_rows
+from voxelflow.fingerprint import resolve_spec
 from voxelflow.nifti import VolumeError, load_volume
-from voxelflow.params import Params, PreprocessParams, load_params
+from voxelflow.params import Params, load_params
 from voxelflow.preprocess import PreprocessSpec, preprocess_volume
-from voxelflow.runtime import map_items, setup_logging
+from voxelflow.runtime import add_compute_options, compute_options, iter_items, setup_logging
 
 log = logging.getLogger("voxelflow.stages.preprocess")
 
 OUTPUTS = ("arrays", INDEX, SPEC, "rejected.csv")
 
 
-def spec_from_params(params: PreprocessParams) -> PreprocessSpec:
-    return PreprocessSpec(
-        target_spacing_mm=tuple(params.target_spacing_mm),
-        target_shape=tuple(params.target_shape),
-        clip_percentiles=tuple(params.clip_percentiles),
-        interpolation_order=params.interpolation_order,
-    )
+def preprocess_row(job: tuple[dict, str, PreprocessSpec]) -> tuple[dict, np.ndarray | None]:
+    """One manifest row: (row, array), or (rejection, None) when the volume cannot be read.
 
-
-def _preprocess_one(job: tuple[dict, str, str, PreprocessSpec]) -> dict:
-    row, data_dir, out_dir, spec = job
+    The volume is read as ingest accepted it: the same volume of a 4D series, NaN/Inf
+    repaired only where ingest repaired them.
+    """
+    row, data_dir, spec = job
+    index = row.get("volume_index", "")
     try:
-        volume = load_volume(Path(data_dir) / row["path"])
+        volume = load_volume(
+            Path(data_dir) / row["path"],
+            volume_index=int(index) if index != "" else None,
+            non_finite="repair" if int(row.get("repaired") or 0) else "reject",
+        )
         array = preprocess_volume(volume.data, volume.affine, spec)
     except (VolumeError, ValueError) as error:
-        return {"input": row["path"], "reason": str(error)}
-    relative = f"arrays/{row['id']}.npy"
-    save_npy(Path(out_dir) / relative, array)
-    return {**row, "array": relative}
+        return {"input": row["path"], "reason": str(error)}, None
+    return row, array
+
+
+def read_fingerprint(manifest_csv: Path) -> dict | None:
+    path = manifest_csv.with_name("fingerprint.json")
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run(
@@ -49,24 +62,33 @@ def run(
     data_dir: str | Path,
     out_dir: str | Path,
     params: Params,
-    workers: int = 0,
+    workers: int | None = None,
+    dask_address: str | None = None,
 ) -> dict:
     """Preprocesses every volume of the manifest into ``out_dir`` (swapped in atomically)."""
+    manifest_csv = Path(manifest_csv)
     rows = read_rows(manifest_csv)
-    spec = spec_from_params(params.preprocess)
-    report_path = Path(manifest_csv).with_name("ingest_report.json")
-    classes = json.loads(report_path.read_text())["classes"]
+    spec, filled = resolve_spec(params.preprocess, read_fingerprint(manifest_csv))
+    if filled:
+        log.info("preprocess: %s filled from the fingerprint: %s", filled, spec)
+    classes = json.loads(manifest_csv.with_name("ingest_report.json").read_text())["classes"]
+    workers, dask_address = compute_options(params.compute, workers, dask_address)
+    done, failed = [], []
     with atomic_dir(out_dir, OUTPUTS) as staging:
         (staging / "arrays").mkdir()
-        jobs = [(row, str(data_dir), str(staging), spec) for row in rows]
-        results = map_items(_preprocess_one, jobs, workers, "preprocess")
-        done = [result for result in results if "array" in result]
-        failed = [result for result in results if "array" not in result]
+        jobs = ((row, str(data_dir), spec) for row in rows)
+        for row, array in iter_items(preprocess_row, jobs, workers, "preprocess", dask_address):
+            if array is None:
+                failed.append(row)
+                continue
+            relative = f"arrays/{row['id']}.npy"
+            save_npy(staging / relative, array)
+            done.append({**row, "array": relative})
         if not done:
             raise ValueError(f"{manifest_csv}: no volume could be preprocessed")
         write_csv(staging / INDEX, done, list(done[0]))
         write_csv(staging / "rejected.csv", failed, ("input", "reason"))
-        write_json(staging / SPEC, {**spec.to_dict(), "classes": classes})
+        write_json(staging / SPEC, {**spec.to_dict(), "classes": classes, "auto_filled": filled})
     for item in failed:
         log.warning("preprocess failed for %s: %s", item["input"], item["reason"])
     summary = {"preprocessed": len(done), "failed": len(failed), "shape": list(spec.target_shape)}
@@ -80,10 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--data", required=True, help="the raw data folder the manifest is in")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=0, help="0: one process per core")
+    add_compute_options(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    run(args.manifest, args.data, args.out, load_params(args.params), args.workers)
+    run(
+        args.manifest,
+        args.data,
+        args.out,
+        load_params(args.params),
+        args.workers,
+        args.dask_address,
+    )
 
 
 if __name__ == "__main__":

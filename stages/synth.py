@@ -13,16 +13,18 @@ from voxelflow.runtime import setup_logging
 from voxelflow.synthdata import write_dataset
 
 
-def run(out_dir: str | Path, params: Params, workers: int = 0) -> dict:
+def run(out_dir: str | Path, params: Params, workers: int | None = None) -> dict:
     """Writes the default dataset into ``out_dir``; returns its counts."""
-    return write_dataset(out_dir, params, workers)
+    return write_dataset(out_dir, params, params.compute.workers if workers is None else workers)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the embedded default dataset.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=0, help="0: one process per core")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes; 0: every core [params: compute]"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     run(args.out, load_params(args.params), args.workers)

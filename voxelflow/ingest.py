@@ -1,8 +1,9 @@
 """Ingest: validate a data folder and its labels table into a manifest and a rejected list.
 
-Every input (each volume file in the folder and each row of the table) ends up in exactly one
-of ``manifest.csv`` (accepted volumes, with their split) and ``rejected.csv`` (with a reason a
-person can act on).
+Every input (each volume file in the folder, a ``.hdr``/``.img`` pair counting once, and each
+row of the table) ends up in exactly one of ``manifest.csv`` (accepted volumes, with their
+split) and ``rejected.csv`` (with a reason a person can act on). ``fingerprint.json``
+describes the training volumes (see :mod:`voxelflow.fingerprint`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from voxelflow.atomic import atomic_dir, check_replaceable, write_csv, write_json
+from voxelflow.fingerprint import summarize, volume_stats
 from voxelflow.labels import LabelRow, Rejection, parse_labels, safe_relative_path, volume_stem
-from voxelflow.nifti import VolumeError, is_volume_file, load_volume
+from voxelflow.nifti import (
+    VolumeError,
+    companion_files,
+    header_of,
+    is_companion_file,
+    is_volume_file,
+    load_volume,
+)
 from voxelflow.params import IngestParams
-from voxelflow.runtime import map_items
+from voxelflow.runtime import iter_items
+from voxelflow.seeding import derive_seed
 from voxelflow.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -34,10 +44,13 @@ MANIFEST_COLUMNS = (
     "spacing",
     "orientation",
     "dtype",
+    "volume_index",
+    "repaired",
     "checksum",
+    "content",
 )
 REJECTED_COLUMNS = ("input", "reason")
-OUTPUTS = ("manifest.csv", "rejected.csv", "ingest_report.json")
+OUTPUTS = ("manifest.csv", "rejected.csv", "ingest_report.json", "fingerprint.json")
 UNLABELLED = "unlabelled"
 
 
@@ -51,52 +64,98 @@ class Candidate:
     data_dir: str
     max_voxels: int
     min_size: int
+    volume_index: int | None
+    non_finite: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An accepted volume: its manifest row and its fingerprint statistics."""
+
+    row: dict
+    stats: dict
 
 
 def file_checksum(path: Path) -> str:
-    """SHA-256 of the file's bytes; for an Analyze/NIfTI pair, of the .hdr then the .img."""
+    """SHA-256 of the file's bytes; for a header/data pair, of the header then the data."""
     digest = hashlib.sha256()
-    files = [path]
-    if path.suffix.lower() == ".hdr":
-        files.append(path.with_suffix(".img" if path.suffix == ".hdr" else ".IMG"))
-    for file in files:
+    for file in [path, *companion_files(path)]:
         with open(file, "rb") as handle:
             for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 
 
-def check_volume(candidate: Candidate) -> dict | Rejection:
-    """Opens one volume and checks it is usable; a manifest row or the reason it is not."""
+def content_hash(data: np.ndarray) -> str:
+    """SHA-256 of the voxel values (as float32, with their shape): the same image stored
+    twice, even in two formats (``.nii`` and ``.nii.gz``) or with an edited header, has the
+    same content hash."""
+    digest = hashlib.sha256(str(data.shape).encode())
+    digest.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def check_volume(candidate: Candidate) -> Checked | Rejection:
+    """Opens one volume and checks it is usable; its manifest row or the reason it is not."""
     file = Path(candidate.data_dir) / candidate.path
     try:
-        volume = load_volume(file, max_voxels=candidate.max_voxels)
+        volume = load_volume(
+            file,
+            max_voxels=candidate.max_voxels,
+            volume_index=candidate.volume_index,
+            non_finite=candidate.non_finite,
+        )
     except VolumeError as error:
         return Rejection(candidate.path, str(error).replace(str(file), candidate.path, 1))
     if min(volume.shape) < candidate.min_size:
         return Rejection(
             candidate.path,
-            f"shape {volume.shape} has an axis below the minimum size {candidate.min_size}",
+            f"shape {volume.shape} has an axis below the minimum size {candidate.min_size} "
+            "(ingest.min_size)",
         )
     if float(np.ptp(volume.data)) == 0.0:
         return Rejection(candidate.path, f"constant volume (every voxel is {volume.data.flat[0]})")
-    return {
+    if volume.repaired:
+        log.warning(
+            "%s: %d NaN/Inf voxels replaced by the volume's minimum (ingest.non_finite: repair)",
+            candidate.path,
+            volume.repaired,
+        )
+    row = {
         **{key: value for key, value in asdict(candidate).items() if key in MANIFEST_COLUMNS},
         "shape": "x".join(str(size) for size in volume.shape),
         "spacing": "x".join(f"{step:.4g}" for step in volume.spacing),
         "orientation": volume.orientation,
         "dtype": volume.disk_dtype,
+        "volume_index": "" if candidate.volume_index is None else candidate.volume_index,
+        "repaired": volume.repaired,
         "checksum": file_checksum(file),
+        "content": content_hash(volume.data),
     }
+    stats = volume_stats(volume.data, volume.affine, derive_seed(candidate.seed, candidate.id))
+    return Checked(row, stats)
 
 
-def discover_volumes(data_dir: Path) -> list[str]:
-    """Every volume file under the folder, as sorted posix paths relative to it."""
-    return sorted(
-        file.relative_to(data_dir).as_posix()
-        for file in data_dir.rglob("*")
-        if file.is_file() and is_volume_file(file) and not file.name.startswith(".")
-    )
+def discover_volumes(data_dir: Path) -> tuple[list[str], list[Rejection]]:
+    """Every volume file under the folder (sorted posix paths relative to it), and the
+    data files of pairs whose header is missing (each is an input that cannot be read)."""
+    volumes, orphans = [], []
+    for file in sorted(data_dir.rglob("*")):
+        if not file.is_file() or file.name.startswith("."):
+            continue
+        relative = file.relative_to(data_dir).as_posix()
+        if is_volume_file(file):
+            volumes.append(relative)
+        elif is_companion_file(file) and header_of(file) is None:
+            orphans.append(
+                Rejection(
+                    relative,
+                    f"data file without its header (expected {volume_stem(file.name)}.hdr "
+                    "next to it)",
+                )
+            )
+    return volumes, orphans
 
 
 def build_candidates(
@@ -104,6 +163,7 @@ def build_candidates(
     rows: list[LabelRow],
     files: list[str],
     params: IngestParams,
+    seed: int,
     referenced: set[str] | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
     """Labelled rows plus the unlabelled pool; files in neither are rejected.
@@ -111,11 +171,22 @@ def build_candidates(
     ``referenced`` holds every path a table row named, valid or not: such a file has its
     answer in the row's rejection and is neither re-reported nor pooled as unlabelled.
     """
-    limits = dict(data_dir=str(data_dir), max_voxels=params.max_voxels, min_size=params.min_size)
+    limits = dict(
+        data_dir=str(data_dir),
+        max_voxels=params.max_voxels,
+        min_size=params.min_size,
+        volume_index=params.volume_index,
+        non_finite=params.non_finite,
+        seed=seed,
+    )
     candidates = [
         Candidate(row.id, row.path, row.label, row.subject, row.split, **limits) for row in rows
     ]
     listed = {row.path for row in rows} | (referenced or set())
+    for path in list(listed):  # a row naming the .img of a pair names its header too
+        header = header_of(data_dir / path)
+        if header is not None:
+            listed.add(header.relative_to(data_dir).as_posix())
     prefix = params.unlabelled_dir.strip("/") + "/"
     rejected = []
     used_ids = {row.id for row in rows}
@@ -149,8 +220,11 @@ def ingest_folder(
     params: IngestParams,
     seed: int,
     workers: int = 0,
+    dask_address: str | None = None,
 ) -> dict:
-    """Validates the folder and writes manifest.csv, rejected.csv and ingest_report.json.
+    """Validates the folder; writes manifest.csv, rejected.csv, ingest_report.json and
+    fingerprint.json. Volumes are checked on a process pool (``workers``, 0: every core) or
+    on the Dask cluster at ``dask_address``.
 
     Raises:
         ValueError: the table as a whole is malformed, or no valid labelled volume is left.
@@ -161,13 +235,18 @@ def ingest_folder(
     check_replaceable(out_dir, OUTPUTS, protect=(data_dir, labels_csv))
     parsed = parse_labels(labels_csv, data_dir, params.classes)
     rows, rejected = parsed.rows, list(parsed.rejected)
+    files, orphans = discover_volumes(data_dir)
     candidates, unlisted = build_candidates(
-        data_dir, rows, discover_volumes(data_dir), params, parsed.referenced
+        data_dir, rows, files, params, seed, parsed.referenced
     )
-    rejected += unlisted
-    accepted = []
-    for result in map_items(check_volume, candidates, workers, "ingest"):
-        (rejected if isinstance(result, Rejection) else accepted).append(result)
+    rejected += orphans + unlisted
+    accepted, stats = [], {}
+    for result in iter_items(check_volume, candidates, workers, "ingest", dask_address):
+        if isinstance(result, Rejection):
+            rejected.append(result)
+        else:
+            accepted.append(result.row)
+            stats[result.row["id"]] = result.stats
     accepted, duplicates = _drop_duplicate_content(accepted)
     rejected += duplicates
     labelled = [row for row in accepted if row["split"] != UNLABELLED]
@@ -180,15 +259,22 @@ def ingest_folder(
     rejected += conflicts
     accepted = [row for row in accepted if row["split"] == UNLABELLED] + labelled
     classes = params.classes or sorted({row["label"] for row in labelled})
-    _apply_splits(labelled, params, seed)
+    moved = _apply_splits(labelled, params, seed)
     _check_coverage(labelled, classes, data_dir)
     order = {"train": 0, "val": 1, "test": 2, UNLABELLED: 3}
     accepted.sort(key=lambda row: (order[row["split"]], row["id"]))
     report = _report(accepted, rejected, classes)
+    report["classes_from"] = "params" if params.classes else "inferred from the table"
+    report["split_moves"] = moved
+    fingerprint = {
+        "split": "train",
+        **summarize([stats[row["id"]] for row in accepted if row["split"] == "train"]),
+    }
     with atomic_dir(out_dir) as staging:  # checked before any work, inputs protected
         write_csv(staging / "manifest.csv", accepted, MANIFEST_COLUMNS)
         write_csv(staging / "rejected.csv", [asdict(item) for item in rejected], REJECTED_COLUMNS)
         write_json(staging / "ingest_report.json", report)
+        write_json(staging / "fingerprint.json", fingerprint)
     for item in rejected:
         log.warning("rejected %s: %s", item.input, item.reason)
     log.info("ingest: %d accepted, %d rejected", len(accepted), len(rejected))
@@ -200,7 +286,7 @@ def _drop_duplicate_content(rows: list[dict]) -> tuple[list[dict], list[Rejectio
     disagree are all rejected, since no one can tell which label is right."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in sorted(rows, key=lambda item: (item["split"] == UNLABELLED, item["id"])):
-        groups[row["checksum"]].append(row)
+        groups[row["content"]].append(row)
     kept, rejected = [], []
     for copies in groups.values():
         labels = {row["label"] for row in copies if row["label"]}
@@ -261,16 +347,20 @@ def _check_coverage(rows: list[dict], classes: list[str], data_dir: Path) -> Non
         )
 
 
-def _apply_splits(rows: list[dict], params: IngestParams, seed: int) -> None:
+def _apply_splits(rows: list[dict], params: IngestParams, seed: int) -> list[str]:
+    """Sets each row's split (a given split column wins); returns the subjects moved to fill a
+    split their class had no subject in."""
     given = {row["subject"]: row["split"] for row in rows if row["split"]}
     subject_labels: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         subject_labels[row["subject"]].append(row["label"])
     free = {subject: labels for subject, labels in subject_labels.items() if subject not in given}
     fractions = (params.splits.train, params.splits.val, params.splits.test)
-    assignment = {**assign_splits(free, fractions, seed), **given}
+    assigned, moved = assign_splits(free, fractions, seed)
+    assignment = {**assigned, **given}
     for row in rows:
         row["split"] = assignment[row["subject"]]
+    return moved
 
 
 def _report(accepted: list[dict], rejected: list[Rejection], classes: list[str]) -> dict:

@@ -87,21 +87,45 @@ class IngestParams(Section):
     classes: list[str] | None = None
     max_voxels: int = Field(64_000_000, gt=0)
     min_size: int = Field(4, ge=1)
+    volume_index: int | None = Field(None, ge=0)
+    non_finite: Literal["reject", "repair"] = "reject"
+
+
+class ComputeParams(Section):
+    """Where per-volume work runs. Not a DVC dependency: outputs are identical either way."""
+
+    workers: int = Field(0, ge=0)
+    dask_address: str | None = None
 
 
 class PreprocessParams(Section):
-    """Canonical orientation, target spacing, intensity normalisation, target shape."""
+    """Canonical orientation, target spacing, intensity normalisation, target shape.
 
-    target_spacing_mm: FloatTriple = (2.0, 2.0, 2.0)
-    target_shape: Triple = (32, 32, 32)
+    ``auto`` values are filled from the data fingerprint that ingest computes on the
+    training split (nnU-Net style); preprocess.json records the values used.
+    """
+
+    target_spacing_mm: FloatTriple | Literal["auto"] = (2.0, 2.0, 2.0)
+    target_shape: Triple | Literal["auto"] = (32, 32, 32)
+    max_auto_shape: int = Field(128, ge=8)
+    crop_foreground: bool = True
+    normalization: Literal["zscore", "window", "minmax"] = "zscore"
     clip_percentiles: tuple[float, float] = (0.5, 99.9)
+    window: tuple[float, float] | Literal["auto"] = "auto"
     interpolation_order: Literal[0, 1, 3] = 1
 
     @field_validator("target_shape")
     @classmethod
-    def _shape(cls, value: Triple) -> Triple:
-        if any(size < 8 or size % 8 for size in value):
+    def _shape(cls, value):
+        if value != "auto" and any(size < 8 or size % 8 for size in value):
             raise ValueError(f"target_shape sizes must be multiples of 8 and >= 8, got {value}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value):
+        if value != "auto" and not value[0] < value[1]:
+            raise ValueError(f"window must be [low, high] with low < high, got {list(value)}")
         return value
 
     @field_validator("clip_percentiles")
@@ -191,6 +215,7 @@ class Params(Section):
     """The whole params.yaml."""
 
     seed: int = Field(42, ge=0, lt=2**32)
+    compute: ComputeParams = ComputeParams()
     synth: SynthParams = SynthParams()
     ingest: IngestParams = IngestParams()
     preprocess: PreprocessParams = PreprocessParams()

@@ -173,3 +173,24 @@ def _bounded(
             yield result(pending.popleft())
     finally:
         cancel(pending)
+
+
+def add_compute_options(parser) -> None:
+    """``--workers`` and ``--dask-address`` for a stage's argparse parser (default: params)."""
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes; 0: every core [params: compute]"
+    )
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        help="run per-volume work on this Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+        "[params: compute.dask_address]",
+    )
+
+
+def compute_options(compute, workers: int | None, dask_address: str | None):
+    """(workers, dask_address): the command line's values where given, else the params'."""
+    return (
+        compute.workers if workers is None else workers,
+        compute.dask_address if dask_address is None else dask_address,
+    )
