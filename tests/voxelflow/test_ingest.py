@@ -174,3 +174,27 @@ def test_refuses_to_replace_a_folder_that_is_not_its_output(tmp_path):
         ingest_folder(data, data / "labels.csv", other, IngestParams(), 0, 1)
     assert (other / "thesis.txt").read_text() == "precious"
     assert (data / "labels.csv").is_file()
+
+
+def test_splits_stay_put_when_volumes_are_added(tmp_path):
+    data = _dataset(tmp_path, subjects=30)
+    ingest_folder(data, data / "labels.csv", tmp_path / "before", IngestParams(), 4, 1)
+    before = {row["id"]: row["split"] for row in _rows(tmp_path / "before" / "manifest.csv")}
+    rng = np.random.default_rng(9)
+    with open(data / "labels.csv", "a") as table:
+        for index in range(30, 45):
+            save_volume(data / f"n{index}.nii.gz", rng.normal(size=(6, 6, 6)), np.eye(4))
+            table.write(f"n{index},n{index}.nii.gz,{'yes' if index % 2 else 'no'},n{index}\n")
+    ingest_folder(data, data / "labels.csv", tmp_path / "after", IngestParams(), 4, 1)
+    after = {row["id"]: row["split"] for row in _rows(tmp_path / "after" / "manifest.csv")}
+    assert len(after) == len(before) + 15
+    assert all(after[identifier] == split for identifier, split in before.items())
+    report = json.loads((tmp_path / "after" / "ingest_report.json").read_text())
+    assert report["split_moves"] == [] and report["classes_from"] == "inferred from the table"
+    assert report["classes"] == ["no", "yes"]
+    fingerprint = json.loads((tmp_path / "after" / "fingerprint.json").read_text())
+    assert fingerprint["spacing_mm"]["median"] == [1.0, 1.0, 1.0]
+    assert fingerprint["shape"]["median"] == [6, 6, 6]
+    assert fingerprint["volumes"] == report["per_split"]["train"]["no"] + report["per_split"][
+        "train"
+    ]["yes"]

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from voxelflow.nifti import orientation_affine
-from voxelflow.preprocess import PreprocessSpec, normalize, preprocess_volume, resample
+from voxelflow.preprocess import (
+    PreprocessSpec,
+    foreground_box,
+    grid_center,
+    normalize,
+    preprocess_volume,
+    resample,
+    resample_labels,
+)
 
 SPEC = PreprocessSpec((2.0, 2.0, 2.0), (16, 16, 16), (0.5, 99.5), 1)
 
@@ -74,3 +82,82 @@ def test_preprocess_volume_is_float32_and_scale_invariant():
     b = preprocess_volume(data * 7.0, affine, SPEC)
     assert a.dtype == np.float32
     assert np.allclose(a, b, atol=1e-4)
+
+
+def _head(shape, spacing, codes, center_mm=(4.0, -6.0, 3.0)):
+    """A smooth ellipsoidal 'head' with structure inside, off the centre of the field of view."""
+    affine = orientation_affine(codes, spacing, shape, (0.0, 0.0, 0.0))
+    grid = np.indices(shape).reshape(3, -1).astype(float)
+    world = (affine[:3, :3] @ grid).T + affine[:3, 3] - np.array(center_mm)
+    radius = np.sqrt(((world / np.array([14.0, 17.0, 12.0])) ** 2).sum(axis=1))
+    data = 100 / (1 + np.exp((radius - 1) * 12)) + 30 * np.sin(world[:, 0] / 4) * (radius < 0.8)
+    return data.reshape(shape).astype(np.float32), affine
+
+
+CROP = PreprocessSpec((2.0, 2.0, 2.0), (24, 24, 24), (0.5, 99.9), 1, crop_foreground=True)
+
+
+@pytest.mark.parametrize(
+    ("codes", "spacing"),
+    [("LAS", (1.0, 1.0, 1.0)), ("LPS", (1.0, 1.0, 1.0)), ("LPS", (0.7, 1.1, 1.6))],
+)
+def test_same_head_in_ras_las_lps_and_anisotropic_gives_the_same_array(codes, spacing):
+    reference = preprocess_volume(*_head((64, 64, 64), (1.0, 1.0, 1.0), "RAS"), CROP)
+    shape = tuple(int(round(64 / step)) for step in spacing)
+    other = preprocess_volume(*_head(shape, spacing, codes), CROP)
+    assert other.shape == (24, 24, 24)
+    scale = float(reference.max() - reference.min())
+    tolerance = 1e-4 if spacing == (1.0, 1.0, 1.0) else 0.1  # resampled differently
+    assert float(np.abs(other - reference).mean()) < tolerance * scale
+    assert np.corrcoef(other.ravel(), reference.ravel())[0, 1] > 0.98
+
+
+def test_foreground_crop_centres_the_grid_on_the_head():
+    data, affine = _head((80, 80, 80), (1.0, 1.0, 1.0), "RAS", center_mm=(18.0, 0.0, 0.0))
+    center = grid_center(data, affine, CROP)
+    assert np.allclose(center, [18.0, 0.0, 0.0], atol=1.5)
+    fov = grid_center(data, affine, PreprocessSpec((2.0,) * 3, (24,) * 3, (0.5, 99.9), 1))
+    assert np.allclose(fov, [0.0, 0.0, 0.0], atol=1.0)
+    first, last = foreground_box(data)
+    assert (last - first + 1)[0] == pytest.approx(33, abs=3)  # 14 mm semi-axis, soft edge
+
+
+def test_window_and_minmax_normalisation():
+    data = np.linspace(-1200, 1500, 8000, dtype=np.float32).reshape(20, 20, 20)
+    window = PreprocessSpec(
+        (1.0,) * 3, (8,) * 3, (0.5, 99.9), 1, normalization="window", window=(-100.0, 300.0)
+    )
+    out = normalize(data, window)
+    assert out.min() == -1.0 and out.max() == 1.0
+    assert normalize(np.array([100.0], np.float32), window)[0] == 0.0  # the window's centre
+    minmax = PreprocessSpec((1.0,) * 3, (8,) * 3, (0.0, 100.0), 1, normalization="minmax")
+    out = normalize(data, minmax)
+    assert out.min() == 0.0 and out.max() == 1.0
+    with pytest.raises(ValueError, match="needs window"):
+        PreprocessSpec((1.0,) * 3, (8,) * 3, (0.5, 99.9), 1, normalization="window")
+
+
+def test_label_maps_use_nearest_neighbour():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:15, 5:25, 5:25] = 1
+    labels[15:25, 5:25, 5:25] = 3
+    affine = orientation_affine("LPS", (1.0, 1.0, 1.0), labels.shape, (0, 0, 0))
+    spec = PreprocessSpec((1.7, 1.7, 1.7), (16, 16, 16), (0.5, 99.9), 3)
+    out = resample_labels(labels, affine, spec, np.zeros(3))
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 1, 3}
+    image = resample(labels.astype(np.float32), affine, spec, np.zeros(3))
+    assert len(np.unique(image)) > 3  # an image is interpolated (cubic here)
+
+
+def test_cubic_is_close_to_linear_on_a_smooth_volume():
+    data, affine = _head((40, 40, 40), (1.5, 1.5, 1.5), "RAS")
+    linear = resample(data, affine, CROP)
+    cubic = resample(data, affine, PreprocessSpec(**{**CROP.to_dict(), "interpolation_order": 3}))
+    assert float(np.abs(cubic - linear).mean()) < 2.0
+
+
+def test_version_one_specs_still_read():
+    old = {**SPEC.to_dict(), "version": 1, "normalization": "clip-percentiles, z-score ..."}
+    del old["window"], old["crop_foreground"]
+    spec = PreprocessSpec.from_dict(old)
+    assert spec.normalization == "zscore" and not spec.crop_foreground
