@@ -91,6 +91,21 @@ class IngestParams(Section):
     non_finite: Literal["reject", "repair"] = "reject"
 
 
+class DataParams(Section):
+    """Where the raw volumes and their labels.csv are (dvc.yaml reads it as ${data.raw_dir})."""
+
+    raw_dir: str = "data/raw"
+
+    @field_validator("raw_dir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if not value.strip() or value.startswith(("/", "~")) or ".." in Path(value).parts:
+            raise ValueError(
+                f"raw_dir must be a folder inside the repository (DVC tracks it), got {value!r}"
+            )
+        return value
+
+
 class ComputeParams(Section):
     """Where per-volume work runs. Not a DVC dependency: outputs are identical either way."""
 
@@ -215,6 +230,7 @@ class Params(Section):
     """The whole params.yaml."""
 
     seed: int = Field(42, ge=0, lt=2**32)
+    data: DataParams = DataParams()
     compute: ComputeParams = ComputeParams()
     synth: SynthParams = SynthParams()
     ingest: IngestParams = IngestParams()
