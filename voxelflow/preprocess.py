@@ -86,8 +86,11 @@ def foreground_mask(data: np.ndarray, fraction: float = 0.1) -> np.ndarray:
 
     In MRI this is the head or body against the air around it; in CT (air at -1000 HU) the
     body. A volume with less than 1% foreground is all foreground (nothing to separate).
+    The percentiles come from every 2nd voxel along each axis of a large volume (8x fewer
+    voxels to sort, the same figures within noise).
     """
-    low, high = np.percentile(data, (0.5, 99.5))
+    sample = data[::2, ::2, ::2] if data.size > 1_000_000 else data
+    low, high = np.percentile(sample, (0.5, 99.5))
     mask = data > low + fraction * (high - low)
     if mask.mean() < 0.01:
         return np.ones(data.shape, dtype=bool)
