@@ -64,14 +64,24 @@ def ingest(
     labels: Annotated[Path, typer.Option(help="the labels CSV (id,path,label[,subject,split])")],
     out: Annotated[Path, typer.Option(help="folder for manifest.csv and rejected.csv")],
     params: ParamsOption = None,
+    workers: Annotated[
+        int | None, typer.Option(help="processes; 0: every core [default: params compute]")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Dask scheduler to run on, e.g. tcp://host:8786")
+    ] = None,
 ) -> None:
     """Validate a data folder outside DVC: OUT/manifest.csv and OUT/rejected.csv."""
     from voxelflow.ingest import ingest_folder
+    from voxelflow.runtime import compute_options
 
     try:
         settings = _params(params)
-        report = ingest_folder(data_dir, labels, out, settings.ingest, settings.seed)
-    except ValueError as error:
+        workers, dask_address = compute_options(settings.compute, workers, dask_address)
+        report = ingest_folder(
+            data_dir, labels, out, settings.ingest, settings.seed, workers, dask_address
+        )
+    except (ValueError, ConnectionError) as error:
         _fail(error)
     typer.echo(json.dumps(report, indent=2))
 

@@ -31,6 +31,17 @@ def test_ingest_command_writes_manifest_and_rejected(tiny_data, tmp_path):
     manifest = read_rows(tmp_path / "checked" / "manifest.csv")
     assert list(manifest[0])[0] == "id"
     assert list(read_rows(tmp_path / "checked" / "rejected.csv")) == []
+    two = _ingest(tiny_data["raw"], tmp_path / "two", "--workers", 2)
+    assert two.exit_code == 0, two.output
+    assert read_rows(tmp_path / "two" / "manifest.csv") == manifest
+
+
+def test_ingest_command_names_an_unreachable_dask_scheduler(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("voxelflow.runtime.DASK_CONNECT_TIMEOUT", "1s")
+    result = _ingest(tiny_data["raw"], tmp_path / "o", "--dask-address", "tcp://127.0.0.1:9")
+    assert result.exit_code == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_ingest_command_reports_bad_table(tmp_path):
