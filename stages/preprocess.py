@@ -76,7 +76,8 @@ def run(
     done, failed = [], []
     with atomic_dir(out_dir, OUTPUTS) as staging:
         (staging / "arrays").mkdir()
-        jobs = ((row, str(data_dir), spec) for row in rows)
+        source = str(Path(data_dir).resolve())  # workers may run elsewhere (Dask)
+        jobs = ((row, source, spec) for row in rows)
         for row, array in iter_items(preprocess_row, jobs, workers, "preprocess", dask_address):
             if array is None:
                 failed.append(row)

@@ -23,15 +23,10 @@ import math
 import numpy as np
 
 from voxelflow.params import PreprocessParams
-from voxelflow.preprocess import PreprocessSpec, foreground_box, foreground_mask
+from voxelflow.preprocess import PreprocessSpec, foreground_box, foreground_mask, world_axes
 
 SAMPLES_PER_VOLUME = 2000
 INTENSITY_PERCENTILES = (0.5, 50.0, 99.5)
-
-
-def ras_axes(affine: np.ndarray) -> list[int]:
-    """For each voxel axis, the world (RAS) axis it runs along most."""
-    return [int(np.argmax(np.abs(affine[:3, axis]))) for axis in range(3)]
 
 
 def volume_stats(data: np.ndarray, affine: np.ndarray, seed: int) -> dict:
@@ -40,7 +35,7 @@ def volume_stats(data: np.ndarray, affine: np.ndarray, seed: int) -> dict:
     The sample (``SAMPLES_PER_VOLUME`` voxels, drawn with ``seed``) keeps the pooled
     intensity percentiles cheap for any number of volumes.
     """
-    axes = ras_axes(affine)
+    axes = world_axes(affine)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     first, last = foreground_box(data)
     spacing_ras, shape_ras, extent_ras = [0.0] * 3, [0] * 3, [0.0] * 3

@@ -18,7 +18,14 @@ import numpy as np
 
 from voxelflow.atomic import atomic_dir, check_replaceable, write_csv, write_json
 from voxelflow.fingerprint import summarize, volume_stats
-from voxelflow.labels import LabelRow, Rejection, parse_labels, safe_relative_path, volume_stem
+from voxelflow.labels import (
+    SAFE_NAME,
+    LabelRow,
+    Rejection,
+    parse_labels,
+    safe_relative_path,
+    volume_stem,
+)
 from voxelflow.nifti import (
     VolumeError,
     companion_files,
@@ -107,7 +114,8 @@ def check_volume(candidate: Candidate) -> Checked | Rejection:
             non_finite=candidate.non_finite,
         )
     except VolumeError as error:
-        return Rejection(candidate.path, str(error).replace(str(file), candidate.path, 1))
+        message = str(error).replace(str(file), candidate.path)
+        return Rejection(candidate.path, message.replace(f"{candidate.data_dir}/", ""))
     if min(volume.shape) < candidate.min_size:
         return Rejection(
             candidate.path,
@@ -172,7 +180,7 @@ def build_candidates(
     answer in the row's rejection and is neither re-reported nor pooled as unlabelled.
     """
     limits = dict(
-        data_dir=str(data_dir),
+        data_dir=str(data_dir.resolve()),  # workers may run elsewhere (Dask)
         max_voxels=params.max_voxels,
         min_size=params.min_size,
         volume_index=params.volume_index,
@@ -189,7 +197,7 @@ def build_candidates(
             listed.add(header.relative_to(data_dir).as_posix())
     prefix = params.unlabelled_dir.strip("/") + "/"
     rejected = []
-    used_ids = {row.id for row in rows}
+    used_ids = {row.id: f"the labels table (row {row.row})" for row in rows}
     for path in files:
         if path in listed:
             continue
@@ -199,12 +207,21 @@ def build_candidates(
             continue
         if path.startswith(prefix):
             identifier = volume_stem(Path(path).name)
-            if identifier in used_ids:
+            if not SAFE_NAME.match(identifier):
                 rejected.append(
-                    Rejection(path, f"id {identifier!r} is already used by a labelled volume")
+                    Rejection(
+                        path,
+                        f"file name {identifier!r} has characters other than letters, digits, "
+                        "'.', '_' and '-' (its name becomes the volume's id and a file name)",
+                    )
                 )
                 continue
-            used_ids.add(identifier)
+            if identifier in used_ids:
+                rejected.append(
+                    Rejection(path, f"id {identifier!r} is already used by {used_ids[identifier]}")
+                )
+                continue
+            used_ids[identifier] = path
             candidates.append(Candidate(identifier, path, "", identifier, UNLABELLED, **limits))
         else:
             rejected.append(
@@ -355,8 +372,11 @@ def _apply_splits(rows: list[dict], params: IngestParams, seed: int) -> list[str
     for row in rows:
         subject_labels[row["subject"]].append(row["label"])
     free = {subject: labels for subject, labels in subject_labels.items() if subject not in given}
+    fixed: dict[str, Counter] = defaultdict(Counter)
+    for subject, split in given.items():
+        fixed[Counter(sorted(subject_labels[subject])).most_common(1)[0][0]][split] += 1
     fractions = (params.splits.train, params.splits.val, params.splits.test)
-    assigned, moved = assign_splits(free, fractions, seed)
+    assigned, moved = assign_splits(free, fractions, seed, fixed)
     assignment = {**assigned, **given}
     for row in rows:
         row["split"] = assignment[row["subject"]]

@@ -132,12 +132,16 @@ def parse_labels(
     parsed = ParsedLabels()
     accepted, rejected = parsed.rows, parsed.rejected
     seen: dict[str, int] = {}
+    named_by: dict[str, int] = {}
     for row in rows:
         number = int(row["__line__"])
         where = f"{labels_csv.name} row {number}"
         identifier = row.get("id", "")
         if "path" in header:
             named, _ = safe_relative_path(data_dir, row.get("path", ""))
+            raw = PurePosixPath(row.get("path", "").replace("\\", "/"))
+            if named is None and raw.parts and not raw.is_absolute() and ".." not in raw.parts:
+                named = raw.as_posix()  # e.g. a symlink out of the folder: the row answers it
         else:
             found = stems.get(identifier, [])
             named = found[0].relative_to(data_dir).as_posix() if len(found) == 1 else None
@@ -193,6 +197,10 @@ def parse_labels(
                 )
                 continue
             path = matches[0].relative_to(data_dir).as_posix()
+        if path in named_by:
+            reject(f"path {path!r} is already named by row {named_by[path]}; one row per file")
+            continue
+        named_by[path] = number
         subject = row.get("subject", "") or identifier
         accepted.append(LabelRow(identifier, path, label, subject, split, number))
     return parsed

@@ -101,7 +101,7 @@ def _open(path: Path):
     if _suffix(path.name, COMPANIONS) and not companion_files(path):
         raise VolumeError(
             f"{path}: the header's data file is missing (expected "
-            f"{path.name.rsplit('.hdr', 1)[0]}.img next to it)"
+            f"{path.name[: -len(_suffix(path.name, COMPANIONS))]}.img next to it)"
         )
     try:
         return nib.load(str(path))

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +225,7 @@ def _read_member(
     try:
         with archive.open(member) as handle:
             return read(handle)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:
         raise ValueError(f"{npz_path}: {key} is unreadable ({error})") from None
 
 
@@ -239,7 +240,7 @@ def _member_cases(
         with archive.open(member) as handle:
             read_array_header(handle)
             yield from iter_cases(handle, header, case_shape(npz_path, key, header))
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
         raise ValueError(f"{npz_path}: {key} is unreadable ({error})") from None
 
 

@@ -60,7 +60,8 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
-        """Reads a spec written by this or the previous version (version 1: z-score, no crop)."""
+        """Reads a spec written by this or the previous version (version 1: z-score, no crop,
+        anti-aliasing for any interpolation order, ``constant`` edge mode for cubic)."""
         version = data.get("version")
         if version not in (1, SPEC_VERSION):
             raise ValueError(
@@ -78,6 +79,7 @@ class PreprocessSpec:
             crop_foreground=bool(data.get("crop_foreground", False)),
             orientation=data["orientation"],
             foreground_fraction=float(data["foreground_fraction"]),
+            version=version,  # a version-1 spec resamples exactly as version 1 did
         )
 
 
@@ -134,12 +136,25 @@ def target_affine(center_world: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def world_axes(affine: np.ndarray) -> list[int]:
+    """For each voxel axis, the world (RAS) axis it runs along most, each world axis taken
+    once, even for a double-oblique affine where two voxel axes lean towards the same world
+    axis (greedy on the direction cosines, largest first, as nibabel's io_orientation)."""
+    cosines = np.abs(affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0))
+    axes = [-1, -1, -1]
+    for _ in range(3):
+        world, voxel = np.unravel_index(np.argmax(cosines), cosines.shape)
+        axes[int(voxel)] = int(world)
+        cosines[world, :] = -1.0
+        cosines[:, voxel] = -1.0
+    return axes
+
+
 def antialias_sigmas(affine: np.ndarray, spec: PreprocessSpec) -> list[float]:
     """Per input axis, a Gaussian sigma (in input voxels) for the zoom factor along it."""
     sigmas = []
-    for axis in range(3):
+    for axis, world_axis in enumerate(world_axes(affine)):
         column = affine[:3, axis]
-        world_axis = int(np.argmax(np.abs(column)))
         factor = spec.target_spacing_mm[world_axis] / float(np.linalg.norm(column))
         sigmas.append(max(0.0, (factor - 1.0) / 2.0))
     return sigmas
@@ -153,7 +168,7 @@ def _resample(data, affine, spec, center_world, order, cval) -> np.ndarray:
         offset=voxel_to_voxel[:3, 3],
         output_shape=tuple(spec.target_shape),
         order=order,
-        mode="constant" if order <= 1 else "grid-constant",
+        mode="constant" if order <= 1 or spec.version == 1 else "grid-constant",
         cval=cval,
         prefilter=order > 1,
     )
@@ -174,7 +189,8 @@ def resample(
         center_world = grid_center(data, affine, spec)
     sigmas = antialias_sigmas(affine, spec)
     source = data
-    if spec.interpolation_order > 0 and any(sigma > 0 for sigma in sigmas):
+    smooth = spec.interpolation_order > 0 or spec.version == 1
+    if smooth and any(sigma > 0 for sigma in sigmas):
         source = ndimage.gaussian_filter(data, sigmas, mode="nearest")
     return _resample(
         source, affine, spec, center_world, spec.interpolation_order, float(data.min())

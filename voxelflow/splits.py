@@ -49,6 +49,7 @@ def assign_splits(
     subject_labels: dict[str, list[str]],
     fractions: Sequence[float],
     seed: int,
+    given: dict[str, Counter] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Maps every subject to train, val or test.
 
@@ -57,11 +58,14 @@ def assign_splits(
             its most common label.
         fractions: train, val and test fractions.
         seed: the global seed.
+        given: per label, how many subjects the table already puts in each split (a
+            ``split`` column); they count as filling those splits and are never moved.
 
     Returns:
         The assignment, and the subjects moved to fill a split that their class had no
         subject in (see the module docstring).
     """
+    given = given or {}
     intervals = split_intervals(fractions)
     hashes = {subject: unit_hash(seed, "split", subject) for subject in subject_labels}
     assignment = {subject: split_of(value, intervals) for subject, value in hashes.items()}
@@ -71,9 +75,10 @@ def assign_splits(
     moved = []
     for label in sorted(strata):
         subjects = sorted(strata[label])
+        fixed = given.get(label, Counter())
         for name in reversed(SPLIT_NAMES):  # test, val, train: the small splits first
-            counts = Counter(assignment[subject] for subject in subjects)
-            if counts[name] or len(subjects) < len(SPLIT_NAMES):
+            counts = Counter(assignment[subject] for subject in subjects) + fixed
+            if counts[name]:
                 continue
             donors = [subject for subject in subjects if counts[assignment[subject]] > 1]
             if not donors:

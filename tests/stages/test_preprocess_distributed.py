@@ -50,3 +50,24 @@ def test_auto_params_are_filled_from_the_fingerprint(tiny_data, tiny_params, tmp
     assert all(size % 8 == 0 and 8 <= size <= 24 for size in written["target_shape"])
     intensity = fingerprint["foreground_intensity"]
     assert written["window"] == [intensity["p0.5"], intensity["p99.5"]]
+
+
+def test_preprocess_reads_a_volume_as_ingest_accepted_it(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from voxelflow.preprocess import PreprocessSpec
+
+    series = np.random.default_rng(0).normal(10, 1, (10, 10, 10, 3)).astype(np.float32)
+    series[2, 2, 2, 1] = np.nan
+    nib.save(nib.Nifti1Image(series, np.eye(4)), str(tmp_path / "series.nii.gz"))
+    spec = PreprocessSpec((1.0,) * 3, (8,) * 3, (0.5, 99.9), 1)
+    row = {"id": "s", "path": "series.nii.gz", "volume_index": "1", "repaired": "1"}
+    kept, array = preprocess.preprocess_row((row, str(tmp_path), spec))
+    assert kept is row and array.shape == (8, 8, 8) and np.isfinite(array).all()
+    other, array = preprocess.preprocess_row((row | {"volume_index": "2"}, str(tmp_path), spec))
+    assert array is not None  # volume 2 has no NaN
+    refused, array = preprocess.preprocess_row((row | {"repaired": "0"}, str(tmp_path), spec))
+    assert array is None and "1 of 1000 voxels are NaN" in refused["reason"]
+    refused, _ = preprocess.preprocess_row((row | {"volume_index": ""}, str(tmp_path), spec))
+    assert "a 4D series of 3 volumes" in refused["reason"]

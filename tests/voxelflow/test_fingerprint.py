@@ -53,3 +53,18 @@ def test_auto_shape_is_capped():
     params = PreprocessParams(target_spacing_mm=(0.25, 0.25, 0.25), target_shape="auto")
     params.max_auto_shape = 40
     assert resolve_spec(params, fingerprint)[0].target_shape == (40, 40, 32)
+
+
+def test_double_oblique_affine_gives_every_ras_axis_once():
+    root = np.sqrt(0.5)
+    rotation = np.array([[root, 0.5, 0.5], [root, -0.5, -0.5], [0.0, root, -root]]).T
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.array([1.0, 1.0, 2.5])  # anisotropic columns
+    data = np.zeros((20, 20, 12), np.float32)
+    data[5:15, 5:15, 3:9] = 1.0 + np.random.default_rng(0).random((10, 10, 6))
+    stats = volume_stats(data, affine, seed=0)
+    assert sorted(stats["spacing_mm"]) == [1.0, 1.0, 2.5]
+    assert sorted(stats["shape"]) == [12, 20, 20]
+    params = PreprocessParams(target_spacing_mm="auto", target_shape="auto")
+    spec, _ = resolve_spec(params, summarize([stats]))
+    assert min(spec.target_shape) >= 8

@@ -198,3 +198,24 @@ def test_splits_stay_put_when_volumes_are_added(tmp_path):
     assert fingerprint["volumes"] == report["per_split"]["train"]["no"] + report["per_split"][
         "train"
     ]["yes"]
+
+
+def test_two_rows_for_one_file_and_clashing_unlabelled_names(tmp_path):
+    data = _dataset(tmp_path, subjects=12)
+    with open(data / "labels.csv", "a") as table:
+        table.write("other,s0_1.nii.gz,no,s0\n")  # s0_1.nii.gz again, under another id
+    rng = np.random.default_rng(11)
+    save_volume(data / "unlabelled" / "u1.nii.gz", rng.normal(size=(6, 6, 6)), np.eye(4))
+    save_volume(data / "unlabelled" / "s0_1.nii", rng.normal(size=(6, 6, 6)), np.eye(4))
+    save_volume(data / "unlabelled" / "scan 2.nii", rng.normal(size=(6, 6, 6)), np.eye(4))
+    out = tmp_path / "out"
+    ingest_folder(data, data / "labels.csv", out, IngestParams(), seed=1, workers=1)
+    manifest, rejected = _rows(out / "manifest.csv"), _rows(out / "rejected.csv")
+    reasons = {row["input"]: row["reason"] for row in rejected}
+    other = next(reason for name, reason in reasons.items() if "(id='other')" in name)
+    assert "path 's0_1.nii.gz' is already named by row 2" in other
+    assert [row["path"] for row in manifest].count("s0_1.nii.gz") == 1
+    assert "s0_1.nii.gz" not in reasons  # in exactly one table
+    assert reasons["unlabelled/u1.nii.gz"] == "id 'u1' is already used by unlabelled/u1.nii"
+    assert "by the labels table (row 2)" in reasons["unlabelled/s0_1.nii"]
+    assert "characters other than" in reasons["unlabelled/scan 2.nii"]

@@ -36,11 +36,33 @@ def test_stable_when_subjects_are_added():
     assert assign_splits(before, FRACTIONS, 6)[0] != first  # the seed matters
 
 
-def test_grouped_by_subject_and_stratified_by_majority_label():
-    subjects = {"x": ["a", "a", "b"], "y": ["b"]}
-    assignment, _ = assign_splits(subjects, FRACTIONS, 3)
-    assert set(assignment) == {"x", "y"}
-    assert set(assignment.values()) <= {"train", "val", "test"}
+def test_stratified_by_majority_label():
+    """A subject with mostly 'rare' scans counts for the rare class when splits are filled."""
+    subjects = {"x": ["rare", "rare", "common"], "y": ["rare"], "z": ["rare"]}
+    subjects |= {f"c{i}": ["common"] for i in range(50)}
+    for seed in range(10):
+        assignment, _ = assign_splits(subjects, FRACTIONS, seed)
+        assert sorted(assignment[name] for name in "xyz") == ["test", "train", "val"]
+
+
+def test_given_splits_count_and_are_never_moved():
+    subjects = {f"f{i}": ["a"] for i in range(4)}
+    given = {"a": Counter({"val": 1, "test": 1})}
+    moved_without_given = 0
+    for seed in range(20):
+        free_only, moved_free = assign_splits(subjects, FRACTIONS, seed)
+        moved_without_given += bool(moved_free)
+        assignment, moved = assign_splits(subjects, FRACTIONS, seed, given)
+        # val and test already hold a given subject: a move can only be into train
+        assert all(assignment[name] == "train" for name in moved)
+        assert (Counter(assignment.values()) + given["a"]).keys() == {"train", "val", "test"}
+        unmoved = set(subjects) - set(moved) - set(moved_free)
+        assert all(assignment[name] == free_only[name] for name in unmoved)
+    assert moved_without_given  # the given subjects made a difference somewhere
+    two_free = {"f0": ["a"], "f1": ["a"]}
+    assignment, _ = assign_splits(two_free, FRACTIONS, 0, {"a": Counter({"val": 1})})
+    counts = Counter(assignment.values()) + Counter({"val": 1})
+    assert counts["train"] == 1 and counts["test"] == 1  # two free subjects were enough
 
 
 def test_a_tiny_class_still_gets_every_split():
