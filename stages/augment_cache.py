@@ -100,6 +100,7 @@ def run(
                     flush()
         flush()
         write_csv(staging / "index.csv", index, INDEX_COLUMNS)
+        disk = sum(path.stat().st_size for path in (staging / "shards").glob("*.npy"))
         summary = {
             "volumes": len(rows),
             "copies": len(index),
@@ -107,6 +108,8 @@ def run(
             "shape": list(spec.target_shape),
             "dtype": CACHE_DTYPE,
             "classes": class_names(preprocessed_dir),
+            "disk_bytes": disk,
+            "disk_mib": round(disk / 2**20, 2),
         }
         write_json(staging / "cache.json", summary)
     log.info("augment-cache: %s", summary)

@@ -153,26 +153,57 @@ class PreprocessParams(Section):
 
 
 class AugmentParams(Section):
-    """Random 3D augmentation for the augment-cache stage."""
+    """Random 3D augmentation (augment-cache stage, and on-the-fly training): each transform
+    has a probability and a range; see voxelflow.augment."""
 
     copies: int = Field(4, ge=1, le=1000)
     rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 12.0
-    translation_mm: Annotated[float, Field(ge=0)] = 4.0
+    rotation_probability: Probability = 1.0
     scale_range: tuple[PositiveFloat, PositiveFloat] = (0.92, 1.08)
+    anisotropy: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    scale_probability: Probability = 1.0
     flip_axes: list[Literal[0, 1, 2]] = [0]
     flip_probability: Probability = 0.5
+    translation_mm: Annotated[float, Field(ge=0)] = 4.0
+    translation_probability: Probability = 1.0
+    elastic_magnitude_mm: Annotated[float, Field(ge=0)] = 2.0
+    elastic_control_points: int = Field(5, ge=4, le=32)
+    elastic_probability: Probability = 0.0
+    bias_field_strength: Annotated[float, Field(ge=0, le=2)] = 0.2
+    bias_field_probability: Probability = 0.0
     gamma_range: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.25)
-    intensity_shift: Annotated[float, Field(ge=0)] = 0.1
+    gamma_probability: Probability = 0.8
     intensity_scale: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    intensity_shift: Annotated[float, Field(ge=0)] = 0.1
+    contrast_probability: Probability = 0.8
+    blur_sigma_mm: tuple[float, float] = (0.5, 1.5)
+    blur_probability: Probability = 0.0
+    low_resolution_factor: tuple[float, float] = (1.5, 3.0)
+    low_resolution_probability: Probability = 0.0
     noise_std: Annotated[float, Field(ge=0)] = 0.05
-    intensity_probability: Probability = 0.8
+    noise_kind: Literal["gaussian", "rician"] = "gaussian"
+    noise_probability: Probability = 0.8
     interpolation_order: Literal[0, 1, 3] = 1
     shard_size: int = Field(256, ge=1)
 
-    @field_validator("scale_range", "gamma_range")
+    @field_validator("scale_range", "gamma_range", "blur_sigma_mm", "low_resolution_factor")
     @classmethod
     def _ranges(cls, value: tuple[float, float]) -> tuple[float, float]:
         return _ordered_range(value)
+
+    @field_validator("blur_sigma_mm")
+    @classmethod
+    def _non_negative(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] < 0:
+            raise ValueError(f"blur_sigma_mm must be >= 0, got {list(value)}")
+        return value
+
+    @field_validator("low_resolution_factor")
+    @classmethod
+    def _at_least_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] < 1:
+            raise ValueError(f"low_resolution_factor must be >= 1, got {list(value)}")
+        return value
 
 
 class ModelParams(Section):
