@@ -23,6 +23,7 @@ from voxelflow import models
 from voxelflow.atomic import atomic_dir, write_json
 from voxelflow.data import cache_source, classification_dataset, preprocessed_source
 from voxelflow.dataset import class_names, read_spec
+from voxelflow.online import online_dataset
 from voxelflow.params import Params, load_params, params_dict
 from voxelflow.runtime import setup_logging
 from voxelflow.training import params_hash, set_determinism, write_history
@@ -68,9 +69,12 @@ def run(
     spec = read_spec(preprocessed_dir)
     classes = class_names(preprocessed_dir)
     shape = tuple(spec.target_shape)
-    train = cache_source(augmented_dir, classes)
-    if tune.include_originals:
-        train = train.extend(preprocessed_source(preprocessed_dir, ("train",), classes))
+    if tune.augmentation == "online":
+        train = preprocessed_source(preprocessed_dir, ("train",), classes)
+    else:
+        train = cache_source(augmented_dir, classes)
+        if tune.include_originals:
+            train = train.extend(preprocessed_source(preprocessed_dir, ("train",), classes))
     val = preprocessed_source(preprocessed_dir, ("val",), classes)
     if not len(val):
         raise ValueError(
@@ -94,9 +98,21 @@ def run(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=tune.label_smoothing),
         metrics=["accuracy"],
     )
-    train_data = classification_dataset(
-        train, tune.batch_size, shape, epochs=tune.epochs, seed=params.seed, purpose="finetune"
-    ).map(_one_hot(len(classes)))
+    if tune.augmentation == "online":
+        train_data = online_dataset(
+            train,
+            tune.batch_size,
+            shape,
+            params.augment,
+            params.seed,
+            spec.target_spacing_mm,
+            tune.epochs,
+        )
+    else:
+        train_data = classification_dataset(
+            train, tune.batch_size, shape, epochs=tune.epochs, seed=params.seed, purpose="finetune"
+        )
+    train_data = train_data.map(_one_hot(len(classes)))
     val_data = classification_dataset(val, tune.batch_size, shape, shuffle=False).map(
         _one_hot(len(classes))
     )

@@ -246,6 +246,7 @@ class FinetuneParams(Section):
     batch_size: int = Field(16, ge=1)
     learning_rate: PositiveFloat = 1e-3
     frozen_blocks: int = Field(1, ge=0)
+    augmentation: Literal["cache", "online"] = "cache"
     include_originals: bool = True
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
     patience: int = Field(10, ge=1)

@@ -126,3 +126,19 @@ def test_stage_refuses_to_replace_a_folder_of_other_files(
             trained / "classifier", tiny_data["preprocessed"], tmp_path, tmp_path / "p", tiny_params
         )
     assert (tmp_path / "thesis.txt").read_text() == "precious"
+
+
+def test_finetune_online_augmentation(trained, tiny_data, tiny_params, tmp_path):
+    params = tiny_params.model_copy(deep=True)
+    params.finetune.augmentation = "online"
+    finetune.run(
+        trained / "pretrained",
+        tiny_data["augmented"],
+        tiny_data["preprocessed"],
+        tmp_path / "online",
+        params,
+    )
+    bundle = json.loads((tmp_path / "online" / "bundle.json").read_text())
+    train_volumes = len(read_rows(tiny_data["ingested"] / "manifest.csv"))
+    assert bundle["params"]["finetune"]["augmentation"] == "online"
+    assert 0 < bundle["train_samples"] < train_volumes  # the originals, not the cache copies

@@ -29,3 +29,33 @@ def test_dataset_reads_files_and_shard_rows(tmp_path):
     assert x.shape == (4, 8, 8, 8, 1) and y.tolist() == [0, 1, 2, 1]
     assert np.allclose(x[1, ..., 0], volumes[1].astype(np.float16))
     assert np.allclose(x[3, ..., 0], volumes[0] + 1)
+
+
+def test_online_augmentation_is_fresh_each_epoch_and_reproducible(tmp_path):
+    from voxelflow.online import online_dataset
+    from voxelflow.params import AugmentParams
+
+    rng = np.random.default_rng(0)
+    files = []
+    for index in range(3):
+        path = tmp_path / f"v{index}.npy"
+        np.save(path, rng.normal(size=(8, 8, 8)).astype(np.float32))
+        files.append(str(path))
+    source = VolumeSource(files, [-1] * 3, [0, 1, 0], ["a", "b", "c"])
+    params = AugmentParams(elastic_probability=1.0, noise_probability=1.0)
+
+    def batches(seed):
+        dataset = online_dataset(source, 3, (8, 8, 8), params, seed, (1.0, 1.0, 1.0), epochs=2)
+        return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+    first, again = batches(5), batches(5)
+    assert len(first) == 2 and first[0][0].shape == (3, 8, 8, 8, 1)
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    originals = {tuple(np.load(f).ravel()[:4]) for f in files}
+    assert not any(tuple(x[..., 0].ravel()[:4]) in originals for x in first[0][0])  # augmented
+    # the same volume differs between epochs
+    epoch_one = {int(y): x for x, y in zip(first[0][0], first[0][1], strict=True) if y == 1}
+    epoch_two = {int(y): x for x, y in zip(first[1][0], first[1][1], strict=True) if y == 1}
+    assert not np.allclose(epoch_one[1], epoch_two[1])
+    assert not np.array_equal(batches(6)[0][0], first[0][0])
