@@ -113,6 +113,26 @@ def import_npz(
     typer.echo(json.dumps(summary))
 
 
+@app.command("augment-preview")
+def augment_preview(
+    volume: Annotated[Path, typer.Argument(help="a scan (.nii, ...) or a preprocessed .npy")],
+    out: Annotated[Path, typer.Option(help="the PNG to write")] = Path("augment-preview.png"),
+    copies: Annotated[int, typer.Option(min=1, max=16, help="augmented copies to show")] = 4,
+    params: ParamsOption = None,
+) -> None:
+    """Write a PNG of orthogonal slices: the volume and a few augmented copies (params)."""
+    from voxelflow.preview import load_for_preview, preview_copies, write_preview
+
+    try:
+        settings = _params(params)
+        array, spacing, identifier = load_for_preview(volume, settings)
+        rows = preview_copies(array, identifier, spacing, settings, copies)
+        path = write_preview(rows, out, f"{volume.name}: augment params, seed {settings.seed}")
+    except (ValueError, OSError) as error:
+        _fail(error)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def run(
     root: Annotated[Path, typer.Option(help="the voxelflow repository to run")] = Path("."),
