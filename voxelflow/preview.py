@@ -71,7 +71,7 @@ def describe(transform: Transform, copy: int) -> str:
         parts.append(f"gamma {transform.gamma:.2f}")
     if transform.noise_std:
         parts.append(f"noise {transform.noise_std:.2f}")
-    return ", ".join(parts)
+    return "\n".join(parts)
 
 
 def write_preview(rows: list[tuple[str, np.ndarray]], out_png: str | Path, title: str) -> Path:
