@@ -7,7 +7,8 @@ same samples as in-memory tensors, side by side in one run.
 Builds preprocessed volumes and the cache in a temporary folder with the real stages
 (``stages.augment_cache.run``), then trains the params.yaml model (``model`` section,
 classification head) for ``--epochs`` epochs on each input and reports the median step
-time of every epoch after the first (the first includes graph building). Also reported for
+time of every epoch after the first (the first includes graph building), the median of
+``--repeats`` interleaved repeats. Also reported for
 information: on-the-fly augmentation (``finetune.augmentation: online``), which does the
 augmentation work inside the input pipeline. Prints Markdown; copy it into RESULTS.md.
 """
@@ -74,7 +75,8 @@ def write_preprocessed(folder: Path, volumes: int, size: int) -> None:
 
 
 def time_training(dataset, steps: int, epochs: int, shape, params) -> float:
-    """Median step time (s) over the epochs after the first."""
+    """Mean step time (s) over the epochs after the first (a mean, so that occasional input
+    stalls count)."""
     keras.utils.set_random_seed(0)
     encoder = models.encoder_from_params(params.model, (*shape, 1))
     head = models.build_head(
@@ -87,7 +89,7 @@ def time_training(dataset, steps: int, epochs: int, shape, params) -> float:
     model.fit(dataset.repeat(), epochs=epochs, steps_per_epoch=steps, verbose=0,
               callbacks=[timer])
     later = [t for epoch, times in timer.times.items() if epoch > 0 for t in times]
-    return float(np.median(later))
+    return float(np.mean(later))
 
 
 def main() -> None:
@@ -138,7 +140,7 @@ def main() -> None:
     print(f"\ncache: {summary['copies']} copies of {args.volumes} volumes of {args.size}^3, "
           f"{summary['disk_mib']} MiB on disk, built in {built:.1f} s (2 workers)")
     print(f"model: params.yaml model section, batch {args.batch}, {steps} steps/epoch, "
-          f"median step time of epochs 2-{args.epochs}; {os.cpu_count()} CPU cores, "
+          f"mean step time of epochs 2-{args.epochs}; {os.cpu_count()} CPU cores, "
           f"TensorFlow {tf.__version__}")
     print(f"median over {args.repeats} interleaved repeats (each repeat's figure in brackets)")
     print("\n| input | step time (ms) | vs in-memory | repeats (ms) |")

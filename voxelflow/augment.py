@@ -45,6 +45,7 @@ from scipy import ndimage
 from voxelflow.params import AugmentParams
 
 TRANSFORM_VERSION = 2
+EDGE = 1e-6  # voxels: coordinates this close outside the input still sample its edge
 NO_FIELD = np.zeros((0, 1, 1, 1), dtype=np.float32)
 
 
@@ -221,18 +222,57 @@ def bspline_weights(size: int, control_points: int) -> np.ndarray:
 def smooth_field(
     shape: tuple[int, int, int], control_points: int, seed: int, channels: int
 ) -> np.ndarray:
-    """``channels`` smooth random fields of ``shape`` (float32, about unit std at the control
-    points): normal values on a coarse grid, upsampled with cubic B-spline weights."""
+    """``channels`` smooth random fields of ``shape`` (float32) with unit standard deviation
+    on average: normal values on a coarse grid, upsampled with cubic B-spline weights.
+
+    The B-spline weights average neighbouring control points, which shrinks the field's
+    spread (to about a third with 5 points); each axis's weights are scaled back by their
+    root-mean-square norm. The products run in a compiled loop in float64, not through
+    BLAS, so the field is bit-identical on every CPU type.
+    """
     rng = np.random.default_rng(seed)
-    control = rng.standard_normal((channels, *(control_points,) * 3)).astype(np.float32)
-    wx, wy, wz = (bspline_weights(size, control_points).astype(np.float32) for size in shape)
-    g = control_points
-    along_z = control @ wz.T  # (channels, g, g, nz)
-    along_y = np.einsum("bj,nijc->nibc", wy, along_z)  # (channels, g, ny, nz): small
-    flat = along_y.reshape(channels, g, shape[1] * shape[2])
-    return np.stack([wx @ flat[channel] for channel in range(channels)]).reshape(
-        channels, *shape
-    )
+    control = rng.standard_normal((channels, *(control_points,) * 3))
+    bases = []
+    for size in shape:
+        weights = bspline_weights(size, control_points)
+        bases.append(weights / np.sqrt(np.mean(np.sum(weights**2, axis=1))))
+    out = np.empty((channels, *shape), dtype=np.float32)
+    _tensor_product(bases[0], bases[1], bases[2], control, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _tensor_product(wx, wy, wz, control, out):  # pragma: no cover - compiled
+    """out[n, a, b, c] = sum_ijk wx[a, i] wy[b, j] wz[c, k] control[n, i, j, k], separably."""
+    channels, g0, g1, g2 = control.shape
+    nx, ny, nz = out.shape[1], out.shape[2], out.shape[3]
+    for n in range(channels):
+        along_z = np.zeros((g0, g1, nz))
+        for i in range(g0):
+            for j in range(g1):
+                for c in range(nz):
+                    total = 0.0
+                    for k in range(g2):
+                        total += wz[c, k] * control[n, i, j, k]
+                    along_z[i, j, c] = total
+        along_y = np.zeros((g0, ny, nz))
+        for i in range(g0):
+            for b in range(ny):
+                for j in range(g1):
+                    weight = wy[b, j]
+                    for c in range(nz):
+                        along_y[i, b, c] += weight * along_z[i, j, c]
+        row = np.empty((ny, nz))
+        for a in range(nx):
+            row[:, :] = 0.0
+            for i in range(g0):  # a fixed order of summation: the same bits everywhere
+                weight = wx[a, i]
+                for b in range(ny):
+                    for c in range(nz):
+                        row[b, c] += weight * along_y[i, b, c]
+            for b in range(ny):
+                for c in range(nz):
+                    out[n, a, b, c] = row[b, c]
 
 
 def elastic_field(shape: tuple[int, int, int], transform: Transform) -> np.ndarray:
@@ -246,7 +286,8 @@ def elastic_field(shape: tuple[int, int, int], transform: Transform) -> np.ndarr
 
 @numba.njit(cache=True, nogil=True)
 def _resample(volume, matrix, offset, field, cval, order, out):  # pragma: no cover - compiled
-    """out[o] = volume[matrix @ (o + field[:, o]) + offset], linear or nearest, cval outside."""
+    """out[o] = volume[matrix @ (o + field[:, o]) + offset], linear or nearest, cval outside
+    the input (the convention of scipy.ndimage's ``mode="constant"``)."""
     sx, sy, sz = volume.shape
     nx, ny, nz = out.shape
     has_field = field.shape[0] == 3
@@ -261,15 +302,19 @@ def _resample(volume, matrix, offset, field, cval, order, out):  # pragma: no co
                 x = matrix[0, 0] * a + matrix[0, 1] * b + matrix[0, 2] * c + offset[0]
                 y = matrix[1, 0] * a + matrix[1, 1] * b + matrix[1, 2] * c + offset[1]
                 z = matrix[2, 0] * a + matrix[2, 1] * b + matrix[2, 2] * c + offset[2]
+                # outside the input (beyond rounding error, e.g. sin(pi) != 0): cval
+                if (
+                    x < -EDGE or y < -EDGE or z < -EDGE
+                    or x > sx - 1 + EDGE or y > sy - 1 + EDGE or z > sz - 1 + EDGE
+                ):
+                    out[i, j, k] = cval
+                    continue
+                x = min(max(x, 0.0), sx - 1.0)
+                y = min(max(y, 0.0), sy - 1.0)
+                z = min(max(z, 0.0), sz - 1.0)
                 if order == 0:
                     xi, yi, zi = math.floor(x + 0.5), math.floor(y + 0.5), math.floor(z + 0.5)
-                    if 0 <= xi < sx and 0 <= yi < sy and 0 <= zi < sz:
-                        out[i, j, k] = volume[xi, yi, zi]
-                    else:
-                        out[i, j, k] = cval
-                    continue
-                if x < 0 or y < 0 or z < 0 or x > sx - 1 or y > sy - 1 or z > sz - 1:
-                    out[i, j, k] = cval
+                    out[i, j, k] = volume[min(xi, sx - 1), min(yi, sy - 1), min(zi, sz - 1)]
                     continue
                 x0, y0, z0 = int(x), int(y), int(z)
                 x1, y1, z1 = min(x0 + 1, sx - 1), min(y0 + 1, sy - 1), min(z0 + 1, sz - 1)
@@ -300,7 +345,7 @@ def apply_spatial(volume: np.ndarray, transform: Transform) -> np.ndarray:
     coordinates = np.einsum("ij,j...->i...", matrix.astype(np.float32), grid)
     coordinates += offset.astype(np.float32)[:, None, None, None]
     return ndimage.map_coordinates(
-        volume, coordinates, order=order, mode="grid-constant", cval=cval, prefilter=True
+        volume, coordinates, order=order, mode="constant", cval=cval, prefilter=True
     ).astype(np.float32)
 
 

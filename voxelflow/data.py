@@ -100,12 +100,20 @@ def make_dataset(
     purpose: str = "",
     shuffle: bool = True,
 ) -> tf.data.Dataset:
-    """A batched, prefetched dataset of ``make_example(source, index, epoch)`` pairs."""
+    """A batched, prefetched dataset of ``make_example(source, index, epoch)`` pairs.
+
+    Batches never straddle two epochs: each epoch is ``ceil(len(source) / batch_size)``
+    batches (the last one smaller), so ``steps_per_epoch`` of that size keeps Keras's epochs
+    aligned with the data's, and on-the-fly augmentation's copy of epoch ``e`` is seen in
+    Keras epoch ``e``.
+    """
     if shuffle:
         indices, epoch_of = epoch_order(len(source), epochs, seed, purpose)
     else:
         indices = np.tile(np.arange(len(source)), epochs)
         epoch_of = np.repeat(np.arange(epochs), len(source))
+    indices = indices.reshape(epochs, len(source))
+    epoch_of = epoch_of.reshape(epochs, len(source))
 
     def load(index, epoch):
         return make_example(source, int(index), int(epoch))
@@ -116,9 +124,13 @@ def make_dataset(
         y.set_shape(output_signature[1].shape)
         return x, y
 
-    dataset = tf.data.Dataset.from_tensor_slices((indices, epoch_of))
-    dataset = dataset.map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    def one_epoch(index_row, epoch_row):
+        dataset = tf.data.Dataset.from_tensor_slices((index_row, epoch_row))
+        dataset = dataset.map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return dataset.batch(batch_size)
+
+    dataset = tf.data.Dataset.from_tensor_slices((indices, epoch_of)).flat_map(one_epoch)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def labelled_example(source: VolumeSource, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:

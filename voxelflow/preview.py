@@ -18,16 +18,21 @@ PLANES = ("sagittal (axis 0)", "coronal (axis 1)", "axial (axis 2)")
 
 def load_for_preview(path: str | Path, params: Params) -> tuple[np.ndarray, tuple, str]:
     """(volume, spacing in mm, id): a preprocessed ``.npy`` as it is (spacing from the
-    ``preprocess.json`` of its folder), or a scan file preprocessed with the params."""
+    ``preprocess.json`` of its folder; its file name is its id, so the copies are the
+    cache's), or a scan file preprocessed with the params (id: the file name without its
+    extensions, which is the cache's id only if ingest gave it that id)."""
     path = Path(path)
     if path.suffix == ".npy":
         volume = np.load(path).astype(np.float32)
         spec_file = path.parent.parent / "preprocess.json"
-        spacing = (
-            tuple(json.loads(spec_file.read_text())["target_spacing_mm"])
-            if spec_file.is_file()
-            else (1.0, 1.0, 1.0)
-        )
+        try:
+            spacing = tuple(json.loads(spec_file.read_text())["target_spacing_mm"])
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"{spec_file}: cannot read the voxel size of {path.name} "
+                f"({type(error).__name__}: {error}); expected the preprocess.json that the "
+                "preprocess stage writes next to arrays/"
+            ) from None
         if volume.ndim != 3:
             raise ValueError(f"{path}: expected a 3D array, got shape {volume.shape}")
         return volume, spacing, path.stem
@@ -65,6 +70,18 @@ def describe(transform: Transform, copy: int) -> str:
         parts.append("rot " + "/".join(f"{v:+.0f}" for v in transform.rotation_degrees))
     if any(transform.elastic_magnitude_voxels):
         parts.append("elastic")
+    if transform.scale != (1.0, 1.0, 1.0):
+        parts.append("scale " + "/".join(f"{v:.2f}" for v in transform.scale))
+    if any(transform.translation_voxels):
+        parts.append("shift " + "/".join(f"{v:+.1f}" for v in transform.translation_voxels))
+    if transform.bias_strength:
+        parts.append(f"bias {transform.bias_strength:.2f}")
+    if transform.intensity_scale != 1.0 or transform.intensity_shift:
+        parts.append(f"contrast {transform.intensity_scale:.2f}{transform.intensity_shift:+.2f}")
+    if any(transform.blur_sigma_voxels):
+        parts.append("blur")
+    if transform.low_resolution_factor > 1:
+        parts.append(f"thick x{transform.low_resolution_factor:.1f}")
     if any(transform.flips):
         parts.append("flip " + "".join(str(i) for i, f in enumerate(transform.flips) if f))
     if transform.gamma != 1.0:

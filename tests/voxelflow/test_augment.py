@@ -105,8 +105,9 @@ def test_elastic_field_is_smooth_bounded_and_reproducible():
     field = elastic_field((24, 24, 24), transform)
     assert field.shape == (3, 24, 24, 24) and field.dtype == np.float32
     assert np.array_equal(field, elastic_field((24, 24, 24), transform))
-    assert 0.2 < float(field[0].std()) < 4.0
-    assert float(np.abs(np.diff(field[0], axis=0)).max()) < 1.0  # smooth: no jumps
+    assert 1.0 < float(field[0].std()) < 3.0  # about the magnitude (2 voxels)
+    # smooth: neighbours differ by a fraction of the magnitude
+    assert float(np.abs(np.diff(field[0], axis=0)).max()) < 0.75 * 2.0
     assert float(field[2].std()) < float(field[0].std())  # magnitude per axis
     weights = bspline_weights(24, 5)
     assert np.allclose(weights.sum(axis=1), 1.0)  # a partition of unity
@@ -140,7 +141,8 @@ def test_intensity_transforms():
     noisy = apply_intensity(volume, Transform(noise_std=0.5, noise_seed=3))
     assert abs(float((noisy - volume).std()) - 0.5) < 0.05
     rician = apply_intensity(volume, Transform(noise_kind="rician", noise_std=0.5, noise_seed=3))
-    assert rician.min() >= low - 1e-5  # magnitudes: never below the background
+    floor = rician[volume == volume.min()]
+    assert float(floor.mean()) > low + 0.3  # the background floor rises: Rician, not Gaussian
     assert float(np.mean(rician - volume)) > 0  # Rician noise biases intensities upwards
 
 
@@ -185,3 +187,19 @@ def test_cubic_and_nearest_options():
     inner = (slice(5, -5),) * 3
     assert 0 < np.abs(cubic - linear)[inner].mean() < 0.1 * np.abs(volume).mean()
     assert set(np.unique(nearest)) <= set(np.unique(volume))
+    # without the elastic field, all three orders equal scipy's, edges included
+    affine_only = Transform(rotation_degrees=(0.0, 0.0, 17.0), translation_voxels=(0.3, 0, 0))
+    matrix, offset = spatial_matrix(affine_only, volume.shape)
+    for order, tolerance in ((0, 0.0), (1, 1e-5), (3, 1e-4)):
+        settings = {**affine_only.to_dict(), "interpolation_order": order}
+        ours = apply_spatial(volume, Transform(**settings))
+        theirs = ndimage.affine_transform(
+            volume, matrix, offset, order=order, mode="constant", cval=float(volume.min())
+        )
+        assert np.abs(ours - theirs).max() <= tolerance, order
+
+
+def test_half_turn_has_no_spurious_background_on_the_border():
+    volume = _volume((8, 8, 8)) + 10
+    out = apply_spatial(volume, Transform(rotation_degrees=(0.0, 180.0, 0.0)))
+    assert np.allclose(out, volume[::-1, :, ::-1], atol=1e-4)

@@ -1,4 +1,5 @@
 import numpy as np
+import tensorflow as tf
 
 from voxelflow.data import VolumeSource, classification_dataset, epoch_order
 
@@ -59,3 +60,22 @@ def test_online_augmentation_is_fresh_each_epoch_and_reproducible(tmp_path):
     epoch_two = {int(y): x for x, y in zip(first[1][0], first[1][1], strict=True) if y == 1}
     assert not np.allclose(epoch_one[1], epoch_two[1])
     assert not np.array_equal(batches(6)[0][0], first[0][0])
+
+
+def test_batches_never_straddle_epochs(tmp_path):
+    from voxelflow.data import make_dataset
+
+    source = VolumeSource([str(tmp_path / f"{i}") for i in range(10)], [-1] * 10, [0] * 10, [])
+
+    def example(source, index, epoch):
+        return np.float32(index), np.int32(epoch)
+
+    signature = (tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32))
+    dataset = make_dataset(source, 4, example, signature, epochs=3, seed=1, purpose="t")
+    batches = [(x.numpy(), y.numpy()) for x, y in dataset]
+    assert [len(x) for x, _ in batches] == [4, 4, 2] * 3  # ceil(10 / 4) batches per epoch
+    for number, (_, epochs) in enumerate(batches):
+        assert set(epochs) == {number // 3}  # one epoch per batch
+    for epoch in range(3):
+        seen = np.concatenate([x for x, e in batches if e[0] == epoch])
+        assert sorted(seen) == list(range(10))  # every item once per epoch
