@@ -6,7 +6,7 @@ same samples as in-memory tensors, side by side in one run.
 
 Builds preprocessed volumes and the cache in a temporary folder with the real stages
 (``stages.augment_cache.run``), then trains the params.yaml model (``model`` section,
-classification head) for ``--epochs`` epochs on each input and reports the median step
+classification head) for ``--epochs`` epochs on each input and reports the mean step
 time of every epoch after the first (the first includes graph building), the median of
 ``--repeats`` interleaved repeats. Also reported for
 information: on-the-fly augmentation (``finetune.augmentation: online``), which does the
