@@ -37,7 +37,8 @@ are single-threaded; workers hold their own copies of the volumes and return a s
 no volume crosses a process boundary). ``--cores 0`` skips the second table.
 
 Elastic displacement sizes (1 mm voxels, measured on the fields): voxelflow 2 mm on 5 control
-points, mean |d| 1.2 voxels, max 3.7; MONAI sigma 6 magnitude 150, mean |d| 1.2; TorchIO
+points (the field normalised to a displacement std of 2 voxels per axis), mean |d| 3.1
+voxels, max 10; MONAI sigma 6 magnitude 150, mean |d| 1.2; TorchIO
 max_displacement 4 mm with its default locked_borders=2 (only the central control points
 move), mean |d| 0.6-0.7, max 1.8; 4 mm is far below its folding limit (half the control
 grid spacing: 16 mm at 64^3, 32 mm at 128^3). The amount does not change the cost.

@@ -166,7 +166,7 @@ class AugmentParams(Section):
     flip_probability: Probability = 0.5
     translation_mm: Annotated[float, Field(ge=0)] = 4.0
     translation_probability: Probability = 1.0
-    elastic_magnitude_mm: Annotated[float, Field(ge=0, le=20)] = 2.0
+    elastic_magnitude_mm: Annotated[float, Field(ge=0, le=20)] = 1.0
     elastic_control_points: int = Field(5, ge=4, le=32)
     elastic_probability: Probability = 0.0
     bias_field_strength: Annotated[float, Field(ge=0, le=2)] = 0.2

@@ -164,7 +164,7 @@ def test_sampling_respects_ranges_and_probabilities_and_is_reproducible():
         np.random.default_rng(3), params.model_copy(update={"elastic_probability": 1.0}), (2,) * 3
     )
     assert other.rotation_degrees == again.rotation_degrees and other.gamma == again.gamma
-    assert other.elastic_magnitude_voxels == (1.0, 1.0, 1.0)  # 2 mm at 2 mm voxels
+    assert other.elastic_magnitude_voxels == (0.5, 0.5, 0.5)  # 1 mm at 2 mm voxels
 
 
 def test_replay_from_recorded_parameters_is_exact():
