@@ -37,7 +37,8 @@ def volume_stats(data: np.ndarray, affine: np.ndarray, seed: int) -> dict:
     """
     axes = world_axes(affine)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    first, last = foreground_box(data)
+    mask = foreground_mask(data)
+    first, last = foreground_box(data, mask=mask)
     spacing_ras, shape_ras, extent_ras = [0.0] * 3, [0] * 3, [0.0] * 3
     for voxel_axis, world_axis in enumerate(axes):
         spacing_ras[world_axis] = float(spacing[voxel_axis])
@@ -45,7 +46,7 @@ def volume_stats(data: np.ndarray, affine: np.ndarray, seed: int) -> dict:
         extent_ras[world_axis] = float(
             (last[voxel_axis] - first[voxel_axis] + 1) * spacing[voxel_axis]
         )
-    values = data[foreground_mask(data)]
+    values = data[mask]
     rng = np.random.default_rng(seed)
     if values.size > SAMPLES_PER_VOLUME:
         values = rng.choice(values, SAMPLES_PER_VOLUME, replace=False)

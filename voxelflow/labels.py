@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from voxelflow.nifti import is_volume_file
+from voxelflow.nifti import ALL_SUFFIXES, is_volume_file
 
 REQUIRED_COLUMNS = ("id", "label")
 OPTIONAL_COLUMNS = ("path", "subject", "split")
@@ -40,10 +40,8 @@ class Rejection:
 def volume_stem(name: str) -> str:
     """The file name without its volume extension(s): ``a.nii.gz`` -> ``a``."""
     lowered = name.lower()
-    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh", ".mnc", ".hdr.gz", ".hdr", ".img.gz", ".img"):
-        if lowered.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    suffix = next((suffix for suffix in ALL_SUFFIXES if lowered.endswith(suffix)), "")
+    return name[: len(name) - len(suffix)]
 
 
 def safe_relative_path(data_dir: Path, value: str) -> tuple[str | None, str]:

@@ -13,6 +13,8 @@ import numpy as np
 # A primary file per volume; the data file of a pair travels with its header.
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".mnc", ".hdr", ".hdr.gz")
 COMPANIONS = {".hdr": (".img", ".img.gz"), ".hdr.gz": (".img.gz", ".img")}
+DATA_SUFFIXES = (".img.gz", ".img")
+ALL_SUFFIXES = tuple(sorted({*VOLUME_SUFFIXES, *DATA_SUFFIXES}, key=len, reverse=True))
 NON_FINITE_POLICIES = ("reject", "repair")
 
 
@@ -58,38 +60,35 @@ def is_volume_file(path: str | Path) -> bool:
 
 def is_companion_file(path: str | Path) -> bool:
     """Whether the name is the data half of a pair (``.img``), which its header names."""
-    return _suffix(Path(path).name, (".img", ".img.gz")) is not None
+    return _suffix(Path(path).name, DATA_SUFFIXES) is not None
 
 
-def companion_files(path: str | Path) -> list[Path]:
-    """The data files that travel with a header (``x.hdr`` -> ``x.img``), those present."""
-    path = Path(path)
-    suffix = _suffix(path.name, COMPANIONS)
-    if suffix is None:
-        return []
-    stem = path.name[: -len(suffix)]
-    upper = path.name[-len(suffix) :].isupper()
-    found = []
-    for data_suffix in COMPANIONS[suffix]:
-        candidate = path.with_name(stem + (data_suffix.upper() if upper else data_suffix))
-        if candidate.is_file():
-            found.append(candidate)
-    return found[:1]
-
-
-def header_of(path: str | Path) -> Path | None:
-    """For a pair's data file, its header if present (``x.img`` -> ``x.hdr``)."""
-    path = Path(path)
-    suffix = _suffix(path.name, (".img.gz", ".img"))
+def _sibling(path: Path, own: tuple[str, ...], others: tuple[str, ...]) -> Path | None:
+    """The first existing file named like ``path`` with one of ``others`` in place of its
+    suffix from ``own`` (upper-case suffixes stay upper-case); None if there is none."""
+    suffix = _suffix(path.name, own)
     if suffix is None:
         return None
     stem = path.name[: -len(suffix)]
     upper = path.name[-len(suffix) :].isupper()
-    for header_suffix in (".hdr", ".hdr.gz"):
-        candidate = path.with_name(stem + (header_suffix.upper() if upper else header_suffix))
+    for other in others:
+        candidate = path.with_name(stem + (other.upper() if upper else other))
         if candidate.is_file():
             return candidate
     return None
+
+
+def companion_files(path: str | Path) -> list[Path]:
+    """The data file that travels with a header (``x.hdr`` -> ``x.img``), if present."""
+    path = Path(path)
+    suffix = _suffix(path.name, COMPANIONS)
+    found = _sibling(path, COMPANIONS, COMPANIONS[suffix]) if suffix else None
+    return [found] if found else []
+
+
+def header_of(path: str | Path) -> Path | None:
+    """For a pair's data file, its header if present (``x.img`` -> ``x.hdr``)."""
+    return _sibling(Path(path), DATA_SUFFIXES, (".hdr", ".hdr.gz"))
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
@@ -109,19 +108,6 @@ def _open(path: Path):
         raise VolumeError(f"{path}: file not found ({error.filename})") from None
     except Exception as error:  # nibabel raises many types for corrupt headers
         raise VolumeError(f"{path}: unreadable header: {type(error).__name__}: {error}") from None
-
-
-def read_header(path: str | Path) -> tuple[tuple[int, ...], str, np.ndarray]:
-    """Opens a file lazily: its shape, on-disk dtype and affine, without reading the voxels.
-
-    The affine is nibabel's choice among the header's transforms (for NIfTI: the sform when
-    its code is set, else the qform, else the voxel sizes alone).
-    """
-    image = _open(Path(path))
-    shape = tuple(int(size) for size in image.shape)
-    dtype = np.dtype(image.get_data_dtype())
-    affine = np.asarray(image.affine, dtype=np.float64)
-    return shape, dtype.name, affine
 
 
 def _volume_shape(path: Path, shape: tuple[int, ...], volume_index: int | None):

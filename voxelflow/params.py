@@ -191,18 +191,12 @@ class AugmentParams(Section):
     def _ranges(cls, value: tuple[float, float]) -> tuple[float, float]:
         return _ordered_range(value)
 
-    @field_validator("blur_sigma_mm")
+    @field_validator("blur_sigma_mm", "low_resolution_factor")
     @classmethod
-    def _non_negative(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] < 0:
-            raise ValueError(f"blur_sigma_mm must be >= 0, got {list(value)}")
-        return value
-
-    @field_validator("low_resolution_factor")
-    @classmethod
-    def _at_least_one(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] < 1:
-            raise ValueError(f"low_resolution_factor must be >= 1, got {list(value)}")
+    def _minimum(cls, value: tuple[float, float], info) -> tuple[float, float]:
+        minimum = {"blur_sigma_mm": 0.0, "low_resolution_factor": 1.0}[info.field_name]
+        if value[0] < minimum:
+            raise ValueError(f"{info.field_name} must be >= {minimum:g}, got {list(value)}")
         return value
 
 

@@ -99,13 +99,17 @@ def foreground_mask(data: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return mask
 
 
-def foreground_box(data: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def foreground_box(
+    data: np.ndarray, fraction: float = 0.1, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The foreground's bounding box as (first, last) voxel indices per axis.
 
     Isolated bright voxels (noise, a hot pixel in the air) do not count: a plane must hold
-    at least 0.1% of the foreground, and 3 voxels, to be inside the box.
+    at least 0.1% of the foreground, and 3 voxels, to be inside the box. Pass ``mask``
+    when :func:`foreground_mask` was already computed.
     """
-    mask = foreground_mask(data, fraction)
+    if mask is None:
+        mask = foreground_mask(data, fraction)
     total = int(mask.sum())
     first, last = [], []
     for axis in range(3):
