@@ -66,8 +66,12 @@ def write_preprocessed(folder: Path, volumes: int, size: int) -> None:
         volume = (volume - volume.mean()) / volume.std()
         save_npy(folder / "arrays" / f"v{index:04d}.npy", volume)
         rows.append(
-            {"id": f"v{index:04d}", "label": CLASSES[index % 2], "split": "train",
-             "array": f"arrays/v{index:04d}.npy"}
+            {
+                "id": f"v{index:04d}",
+                "label": CLASSES[index % 2],
+                "split": "train",
+                "array": f"arrays/v{index:04d}.npy",
+            }
         )
     write_csv(folder / "index.csv", rows, list(rows[0]))
     spec = PreprocessSpec((2.0,) * 3, (size,) * 3, (0.5, 99.9), 1)
@@ -79,15 +83,12 @@ def time_training(dataset, steps: int, epochs: int, shape, params) -> float:
     stalls count)."""
     keras.utils.set_random_seed(0)
     encoder = models.encoder_from_params(params.model, (*shape, 1))
-    head = models.build_head(
-        encoder.output_shape[1:], len(CLASSES), params.model.head_units, params.model.dropout,
-        params.model.head_pooling,
+    model = models.build_classifier(
+        encoder, models.head_from_params(params.model, encoder, len(CLASSES))
     )
-    model = models.build_classifier(encoder, head)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     timer = StepTimer()
-    model.fit(dataset.repeat(), epochs=epochs, steps_per_epoch=steps, verbose=0,
-              callbacks=[timer])
+    model.fit(dataset.repeat(), epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer])
     later = [t for epoch, times in timer.times.items() if epoch > 0 for t in times]
     return float(np.mean(later))
 
@@ -117,9 +118,12 @@ def main() -> None:
         )
         images = np.stack([source.read(i)[..., None] for i in range(len(source))])
         labels = np.asarray(source.labels, dtype=np.int32)
-        memory = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(
-            len(labels), seed=0
-        ).batch(args.batch).prefetch(tf.data.AUTOTUNE)
+        memory = (
+            tf.data.Dataset.from_tensor_slices((images, labels))
+            .shuffle(len(labels), seed=0)
+            .batch(args.batch)
+            .prefetch(tf.data.AUTOTUNE)
+        )
         from voxelflow.data import preprocessed_source
 
         originals = preprocessed_source(scratch / "pre", ("train",), CLASSES)
@@ -137,11 +141,15 @@ def main() -> None:
                 runs[name].append(time_training(dataset, steps, args.epochs, shape, params))
         results = {name: float(np.median(times)) for name, times in runs.items()}
     base = results["in-memory tensors"]
-    print(f"\ncache: {summary['copies']} copies of {args.volumes} volumes of {args.size}^3, "
-          f"{summary['disk_mib']} MiB on disk, built in {built:.1f} s (2 workers)")
-    print(f"model: params.yaml model section, batch {args.batch}, {steps} steps/epoch, "
-          f"mean step time of epochs 2-{args.epochs}; {os.cpu_count()} CPU cores, "
-          f"TensorFlow {tf.__version__}")
+    print(
+        f"\ncache: {summary['copies']} copies of {args.volumes} volumes of {args.size}^3, "
+        f"{summary['disk_mib']} MiB on disk, built in {built:.1f} s (2 workers)"
+    )
+    print(
+        f"model: params.yaml model section, batch {args.batch}, {steps} steps/epoch, "
+        f"mean step time of epochs 2-{args.epochs}; {os.cpu_count()} CPU cores, "
+        f"TensorFlow {tf.__version__}"
+    )
     print(f"median over {args.repeats} interleaved repeats (each repeat's figure in brackets)")
     print("\n| input | step time (ms) | vs in-memory | repeats (ms) |")
     print("|---|---|---|---|")

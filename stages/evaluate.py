@@ -17,7 +17,7 @@ import numpy as np
 
 from voxelflow.atomic import atomic_dir, write_csv, write_json
 from voxelflow.bundle import load_bundle
-from voxelflow.data import classification_dataset, preprocessed_source
+from voxelflow.data import classification_dataset, preprocessed_source, steps_per_epoch
 from voxelflow.metrics import classification_metrics, roc_curves
 from voxelflow.params import Params, load_params
 from voxelflow.runtime import setup_logging
@@ -40,7 +40,11 @@ def run(
         raise ValueError(f"{preprocessed_dir}: the test split is empty")
     shape = tuple(bundle["preprocess"]["target_shape"])
     dataset = classification_dataset(test, params.evaluate.batch_size, shape, shuffle=False)
-    probabilities = model.predict(dataset.map(lambda volume, label: volume), verbose=0)
+    probabilities = model.predict(
+        dataset.map(lambda volume, label: volume),
+        steps=steps_per_epoch(len(test), params.evaluate.batch_size),
+        verbose=0,
+    )
     labels = np.asarray(test.labels)
     result = classification_metrics(labels, probabilities, classes)
     result["model"] = {

@@ -6,7 +6,8 @@
 Trains on the augmented cache (plus the original training volumes when
 ``finetune.include_originals``), selects the epoch by the validation split, and writes the
 model bundle: ``model.keras``, ``bundle.json`` (classes, preprocessing spec, params, params
-hash, frozen blocks, parameter counts, validation metrics) and ``history.csv``.
+hash, frozen blocks, parameters/MACs/receptive field, devices, validation metrics),
+``model_summary.json`` (the full model summary) and ``history.csv``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ import numpy as np
 
 from voxelflow import models
 from voxelflow.atomic import atomic_dir, write_json
-from voxelflow.data import cache_source, classification_dataset, preprocessed_source
+from voxelflow.data import (
+    cache_source,
+    classification_dataset,
+    preprocessed_source,
+    steps_per_epoch,
+)
 from voxelflow.dataset import class_names, read_spec
+from voxelflow.devices import training_devices
+from voxelflow.model_summary import brief, summarize
 from voxelflow.online import online_dataset
 from voxelflow.params import Params, load_params, params_dict
 from voxelflow.runtime import setup_logging
@@ -30,7 +38,7 @@ from voxelflow.training import params_hash, set_determinism, write_history
 
 log = logging.getLogger("voxelflow.stages.finetune")
 
-OUTPUTS = ("model.keras", "bundle.json", "history.csv", "checkpoint.keras")
+OUTPUTS = ("model.keras", "bundle.json", "history.csv", "checkpoint.keras", "model_summary.json")
 
 
 def class_weights(labels: list[int], classes: list[str]) -> dict[int, float]:
@@ -64,7 +72,7 @@ def run(
     params: Params,
 ) -> dict:
     """Fine-tunes and writes the model bundle into ``out_dir`` (atomically)."""
-    set_determinism(params.seed)
+    set_determinism(params.seed, params.training.deterministic)
     tune = params.finetune
     spec = read_spec(preprocessed_dir)
     classes = class_names(preprocessed_dir)
@@ -81,23 +89,51 @@ def run(
             f"{preprocessed_dir}: the validation split is empty; cannot select a model"
         )
 
-    encoder = load_encoder(pretrained_dir, (*shape, 1))
-    frozen = models.freeze_blocks(encoder, tune.frozen_blocks)
-    head = models.build_head(
-        encoder.output_shape[1:],
-        len(classes),
-        params.model.head_units,
-        params.model.dropout,
-        params.model.head_pooling,
-    )
-    model = models.build_classifier(encoder, head)
-    steps = int(np.ceil(len(train) / tune.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(tune.learning_rate, steps * tune.epochs)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=tune.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=tune.label_smoothing),
-        metrics=["accuracy"],
-    )
+    with training_devices(params.training) as placement:
+        encoder = load_encoder(pretrained_dir, (*shape, 1))
+        frozen = models.freeze_blocks(encoder, tune.frozen_blocks)
+        model = models.build_classifier(
+            encoder, models.head_from_params(params.model, encoder, len(classes))
+        )
+        steps = steps_per_epoch(len(train), tune.batch_size, placement.replicas)
+        schedule = keras.optimizers.schedules.CosineDecay(tune.learning_rate, steps * tune.epochs)
+        model.compile(
+            optimizer=keras.optimizers.AdamW(schedule, weight_decay=tune.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=tune.label_smoothing),
+            metrics=["accuracy"],
+            jit_compile=placement.jit_compile,
+        )
+        train_data, val_data = _datasets(
+            train, val, shape, len(classes), spec, params, placement.replicas
+        )
+        with atomic_dir(out_dir, OUTPUTS) as staging:
+            steps = (steps, steps_per_epoch(len(val), tune.batch_size, placement.replicas))
+            bundle = _fit(model, train_data, val_data, steps, train, classes, staging, params)
+            best = keras.saving.load_model(staging / "model.keras", safe_mode=True)
+            model_summary = summarize(best, spec.target_spacing_mm)
+            bundle.update(
+                {
+                    "classes": classes,
+                    "preprocess": spec.to_dict(),
+                    "params": params_dict(params),
+                    "params_hash": params_hash(params),
+                    "architecture": params.model.architecture,
+                    "frozen_blocks": frozen,
+                    "model": brief(model_summary),
+                    "devices": placement.describe(),
+                    "train_samples": len(train),
+                    "val_volumes": len(val),
+                }
+            )
+            write_json(staging / "bundle.json", bundle)
+            write_json(staging / "model_summary.json", model_summary)
+    log.info("finetune: best epoch %d, %s", bundle["best_epoch"], bundle["val_metrics"])
+    return bundle
+
+
+def _datasets(train, val, shape, num_classes: int, spec, params: Params, replicas: int):
+    """The training data (augmented cache or online) and the validation data, one-hot."""
+    tune = params.finetune
     if tune.augmentation == "online":
         train_data = online_dataset(
             train,
@@ -107,65 +143,65 @@ def run(
             params.seed,
             spec.target_spacing_mm,
             tune.epochs,
+            replicas=replicas,
         )
     else:
         train_data = classification_dataset(
-            train, tune.batch_size, shape, epochs=tune.epochs, seed=params.seed, purpose="finetune"
-        )
-    train_data = train_data.map(_one_hot(len(classes)))
-    val_data = classification_dataset(val, tune.batch_size, shape, shuffle=False).map(
-        _one_hot(len(classes))
-    )
-    started = time.perf_counter()
-    with atomic_dir(out_dir, OUTPUTS) as staging:
-        checkpoint = staging / "checkpoint.keras"
-        mode = "min" if tune.monitor == "val_loss" else "max"
-        callbacks = [
-            keras.callbacks.ModelCheckpoint(
-                checkpoint, monitor=tune.monitor, mode=mode, save_best_only=True
-            ),
-            keras.callbacks.EarlyStopping(
-                monitor=tune.monitor, mode=mode, patience=tune.patience, restore_best_weights=True
-            ),
-        ]
-        fit = model.fit(
-            train_data.repeat(),
+            train,
+            tune.batch_size,
+            shape,
             epochs=tune.epochs,
-            steps_per_epoch=steps,
-            validation_data=val_data,
-            shuffle=False,
-            class_weight=class_weights(train.labels, classes),
-            callbacks=callbacks,
-            verbose=2,
+            seed=params.seed,
+            purpose="finetune",
+            replicas=replicas,
         )
-        best = keras.saving.load_model(checkpoint, safe_mode=True)
-        checkpoint.unlink()
-        scores = np.asarray(fit.history[tune.monitor])
-        best_epoch = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
-        bundle = {
-            "classes": classes,
-            "preprocess": spec.to_dict(),
-            "params": params_dict(params),
-            "params_hash": params_hash(params),
-            "architecture": params.model.architecture,
-            "frozen_blocks": frozen,
-            "parameters": models.count_parameters(best),
-            "train_samples": len(train),
-            "val_volumes": len(val),
-            "best_epoch": best_epoch + 1,
-            "epochs_run": len(scores),
-            "val_metrics": {
-                key[4:]: float(values[best_epoch])
-                for key, values in fit.history.items()
-                if key.startswith("val_")
-            },
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        best.save(staging / "model.keras")
-        write_history(staging / "history.csv", fit.history)
-        write_json(staging / "bundle.json", bundle)
-    log.info("finetune: best epoch %d, %s", bundle["best_epoch"], bundle["val_metrics"])
-    return bundle
+    val_data = classification_dataset(val, tune.batch_size, shape, shuffle=False, replicas=replicas)
+    return train_data.map(_one_hot(num_classes)), val_data.map(_one_hot(num_classes))
+
+
+def _fit(
+    model, train_data, val_data, steps: tuple[int, int], train, classes, staging: Path, params
+) -> dict:
+    """Fits with checkpointing and early stopping; saves the best epoch's model.keras and
+    history.csv into ``staging`` and returns the bundle's training figures."""
+    tune = params.finetune
+    steps, validation_steps = steps
+    started = time.perf_counter()
+    checkpoint = staging / "checkpoint.keras"
+    mode = "min" if tune.monitor == "val_loss" else "max"
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            checkpoint, monitor=tune.monitor, mode=mode, save_best_only=True
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor=tune.monitor, mode=mode, patience=tune.patience, restore_best_weights=True
+        ),
+    ]
+    fit = model.fit(
+        train_data.repeat(),
+        epochs=tune.epochs,
+        steps_per_epoch=steps,
+        validation_data=val_data,
+        validation_steps=validation_steps,
+        shuffle=False,
+        class_weight=class_weights(train.labels, classes),
+        callbacks=callbacks,
+        verbose=2,
+    )
+    checkpoint.replace(staging / "model.keras")
+    write_history(staging / "history.csv", fit.history)
+    scores = np.asarray(fit.history[tune.monitor])
+    best_epoch = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
+    return {
+        "best_epoch": best_epoch + 1,
+        "epochs_run": len(scores),
+        "val_metrics": {
+            key[4:]: float(values[best_epoch])
+            for key, values in fit.history.items()
+            if key.startswith("val_")
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _one_hot(num_classes: int):

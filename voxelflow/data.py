@@ -90,6 +90,32 @@ def epoch_order(count: int, epochs: int, seed: int, purpose: str) -> tuple[np.nd
     return np.concatenate(order).astype(np.int64), np.concatenate(epochs_column).astype(np.int64)
 
 
+def epoch_batches(count: int, batch_size: int, replicas: int = 1) -> list[int]:
+    """The batch sizes of one epoch of ``count`` examples: full batches, then the rest.
+
+    With several replicas each batch is split between them, and a rest smaller than the
+    number of replicas would leave one an empty batch (TensorFlow's CPU convolutions fail on
+    those): it is folded into the last full batch instead, so no example is dropped.
+    """
+    if batch_size < replicas or count < replicas:
+        raise ValueError(
+            f"{count} examples in batches of {batch_size} cannot feed {replicas} replicas: "
+            "the batch size and the number of examples must be at least the number of replicas"
+        )
+    sizes = [batch_size] * (count // batch_size)
+    rest = count % batch_size
+    if rest and rest < replicas and sizes:
+        sizes[-1] += rest
+    elif rest:
+        sizes.append(rest)
+    return sizes
+
+
+def steps_per_epoch(count: int, batch_size: int, replicas: int = 1) -> int:
+    """Batches in one epoch of :func:`make_dataset` (``steps_per_epoch`` for Keras)."""
+    return len(epoch_batches(count, batch_size, replicas))
+
+
 def make_dataset(
     source: VolumeSource,
     batch_size: int,
@@ -99,14 +125,19 @@ def make_dataset(
     seed: int = 0,
     purpose: str = "",
     shuffle: bool = True,
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """A batched, prefetched dataset of ``make_example(source, index, epoch)`` pairs.
 
     Batches never straddle two epochs: each epoch is ``ceil(len(source) / batch_size)``
     batches (the last one smaller), so ``steps_per_epoch`` of that size keeps Keras's epochs
     aligned with the data's, and on-the-fly augmentation's copy of epoch ``e`` is seen in
-    Keras epoch ``e``.
+    Keras epoch ``e``. With several ``replicas`` a last batch too small to give each one an
+    example is folded into the one before (:func:`epoch_batches`).
     """
+    sizes = epoch_batches(len(source), batch_size, replicas)
+    folded = len(sizes) > 1 and sizes[-1] > batch_size
+    head = (len(sizes) - 1) * batch_size
     if shuffle:
         indices, epoch_of = epoch_order(len(source), epochs, seed, purpose)
     else:
@@ -127,6 +158,12 @@ def make_dataset(
     def one_epoch(index_row, epoch_row):
         dataset = tf.data.Dataset.from_tensor_slices((index_row, epoch_row))
         dataset = dataset.map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if folded:
+            return (
+                dataset.take(head)
+                .batch(batch_size)
+                .concatenate(dataset.skip(head).batch(sizes[-1]))
+            )
         return dataset.batch(batch_size)
 
     dataset = tf.data.Dataset.from_tensor_slices((indices, epoch_of)).flat_map(one_epoch)

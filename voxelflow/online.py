@@ -44,10 +44,18 @@ def online_dataset(
     spacing_mm: tuple[float, float, float],
     epochs: int,
     purpose: str = "finetune",
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """Batches of freshly augmented training volumes with their labels, for ``epochs``."""
     signature = (tf.TensorSpec((*shape, 1), tf.float32), tf.TensorSpec((), tf.int32))
     example = augmented_example(params, seed, spacing_mm)
     return make_dataset(
-        source, batch_size, example, signature, epochs=epochs, seed=seed, purpose=purpose
+        source,
+        batch_size,
+        example,
+        signature,
+        epochs=epochs,
+        seed=seed,
+        purpose=purpose,
+        replicas=replicas,
     )

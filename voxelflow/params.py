@@ -17,6 +17,23 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Triple = tuple[int, int, int]
 FloatTriple = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+# named encoder layouts (blocks per stage), as in the ResNet papers
+LAYOUTS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def resolve_layout(blocks_per_stage: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """Blocks per stage from a list or a layout name in :data:`LAYOUTS`."""
+    if isinstance(blocks_per_stage, str):
+        if blocks_per_stage not in LAYOUTS:
+            raise ValueError(
+                f"unknown layout {blocks_per_stage!r}; expected one of {', '.join(LAYOUTS)} "
+                "or a list of blocks per stage"
+            )
+        return LAYOUTS[blocks_per_stage]
+    layout = tuple(int(blocks) for blocks in blocks_per_stage)
+    if not layout or any(blocks < 1 for blocks in layout):
+        raise ValueError(f"blocks_per_stage needs at least one stage of >= 1 block, got {layout}")
+    return layout
 
 
 class Section(BaseModel):
@@ -201,16 +218,27 @@ class AugmentParams(Section):
 
 
 class ModelParams(Section):
-    """The shared 3D CNN (voxelflow.models)."""
+    """The shared 3D CNN (voxelflow.models). Its input shape is preprocess.target_shape."""
 
-    architecture: Literal["resnet", "separable"] = "resnet"
+    architecture: Literal["plain", "resnet", "separable"] = "resnet"
     width: int = Field(8, ge=1, le=512)
+    # blocks per stage, or a layout name: resnet10 = [1, 1, 1, 1], resnet18 = [2, 2, 2, 2],
+    # resnet34 = [3, 4, 6, 3]
     blocks_per_stage: list[Annotated[int, Field(ge=1, le=16)]] = [1, 1]
-    normalization: Literal["batch", "group", "none"] = "none"
+    normalization: Literal["batch", "group", "instance", "none"] = "none"
     activation: Literal["relu", "gelu", "swish", "leaky_relu"] = "relu"
+    encoder_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    stem_kernel: Literal[3, 5, 7] = 3
+    stem_stride: Literal[1, 2] = 1
     head_pooling: Literal["avg", "max", "avgmax"] = "max"
-    head_units: int = Field(32, ge=0)
+    head_units: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=1)]] = 32
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
+    decoder_skips: bool = False
+
+    @field_validator("blocks_per_stage", mode="before")
+    @classmethod
+    def _layout(cls, value):
+        return list(resolve_layout(value)) if isinstance(value, str) else value
 
     @field_validator("blocks_per_stage")
     @classmethod
@@ -218,6 +246,28 @@ class ModelParams(Section):
         if not 1 <= len(value) <= 5:
             raise ValueError(f"blocks_per_stage needs 1 to 5 stages, got {len(value)}")
         return value
+
+
+class TrainingParams(Section):
+    """How the training stages use the hardware (voxelflow.devices)."""
+
+    # float32 | mixed_float16 (GPUs with tensor cores) | mixed_bfloat16 (recent GPUs, TPUs)
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # auto: MultiWorkerMirroredStrategy under TF_CONFIG, MirroredStrategy over several
+    # visible devices, else one device | single | mirrored
+    distribution: Literal["auto", "single", "mirrored"] = "auto"
+    # XLA: auto lets Keras decide (off while ops are deterministic), or true / false
+    jit_compile: bool | Literal["auto"] = "auto"
+    deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _xla_needs_nondeterministic_ops(self) -> TrainingParams:
+        if self.jit_compile is True and self.deterministic:
+            raise ValueError(
+                "jit_compile: true needs deterministic: false (Keras turns XLA off while "
+                "TensorFlow's ops are deterministic)"
+            )
+        return self
 
 
 class PretrainParams(Section):
@@ -263,6 +313,7 @@ class Params(Section):
     preprocess: PreprocessParams = PreprocessParams()
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
+    training: TrainingParams = TrainingParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()

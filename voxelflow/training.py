@@ -13,10 +13,11 @@ from voxelflow.atomic import write_csv
 from voxelflow.params import Params, params_dict
 
 
-def set_determinism(seed: int) -> None:
-    """Seeds Python, numpy and the backend, and asks TensorFlow for deterministic ops."""
+def set_determinism(seed: int, ops: bool = True) -> None:
+    """Seeds Python, numpy and the backend; with ``ops``, asks TensorFlow for deterministic
+    kernels too (``training.deterministic``: bit-identical reruns, somewhat slower on GPUs)."""
     keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
+    if ops and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()

@@ -44,6 +44,13 @@ def test_pretrain_outputs(trained):
     summary = json.loads((trained / "pretrained" / "pretrain.json").read_text())
     assert summary["mode"] == "self_supervised" and summary["splits"] == ["train", "unlabelled"]
     assert (trained / "pretrained" / "encoder.keras").is_file()
+    assert summary["devices"]["distribution"] == "single"
+    assert summary["devices"]["precision"] == "float32"
+    full = json.loads((trained / "pretrained" / "model_summary.json").read_text())
+    assert full["name"] == "autoencoder"
+    assert set(full["sub_models"]) == {"encoder", "decoder"}
+    assert full["sub_models"]["decoder"]["receptive_field"][0]["voxels"][0] > 1
+    assert summary["model"]["gmacs_per_volume"] == full["gmacs_per_volume"] > 0
     assert "loss" in (trained / "pretrained" / "history.csv").read_text().splitlines()[0]
 
 
@@ -53,7 +60,15 @@ def test_finetune_bundle_and_frozen_blocks(trained, tiny_params):
     assert bundle["preprocess"]["target_shape"] == [16, 16, 16]
     assert bundle["params"]["finetune"]["epochs"] == tiny_params.finetune.epochs
     assert bundle["frozen_blocks"] == ["stem"]
-    assert bundle["parameters"]["non_trainable"] > 0
+    full = json.loads((trained / "classifier" / "model_summary.json").read_text())
+    assert bundle["model"]["parameters"] == full["parameters"]
+    # the frozen stem: a 3x3x3 convolution from 1 channel to model.width, with its bias
+    width = tiny_params.model.width
+    assert full["parameters"]["frozen"] == 27 * width + width
+    assert full["parameters"]["trainable"] > 0
+    assert bundle["model"]["encoder_receptive_field"]["voxels"] == [13, 13, 13]
+    assert bundle["model"]["encoder_receptive_field"]["mm"] == [52.0, 52.0, 52.0]
+    assert full["receptive_field"][0]["voxels"] == "global"
     assert not (trained / "classifier" / "checkpoint.keras").exists()
     header = (trained / "classifier" / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,") and "val_loss" in header

@@ -67,3 +67,31 @@ def test_top_level_must_be_mapping():
 
 def test_params_model_is_plain_defaults():
     assert Params().synth.classes == ["normal", "lesion", "atrophy"]
+
+
+def test_model_layouts_heads_and_training_devices():
+    params = parse_params(
+        {
+            "model": {"blocks_per_stage": "resnet18", "head_units": [16, 8], "stem_stride": 2},
+            "training": {
+                "precision": "mixed_bfloat16",
+                "jit_compile": True,
+                "deterministic": False,
+            },
+        }
+    )
+    assert params.model.blocks_per_stage == [2, 2, 2, 2]
+    assert params.model.head_units == [16, 8]
+    assert params.training.precision == "mixed_bfloat16" and params.training.jit_compile is True
+    assert parse_params({}).training.distribution == "auto"
+    with pytest.raises(ValueError, match="unknown layout 'resnet50'"):
+        parse_params({"model": {"blocks_per_stage": "resnet50"}})
+    with pytest.raises(ValueError, match="training.precision"):
+        parse_params({"training": {"precision": "float64"}})
+    with pytest.raises(ValueError, match="jit_compile: true needs deterministic: false"):
+        parse_params({"training": {"jit_compile": True}})
+    with pytest.raises(ValueError, match="model.stem_stride"):
+        parse_params({"model": {"stem_stride": 3}})
+    # a layout name counts its blocks for finetune.frozen_blocks too
+    with pytest.raises(ValueError, match="exceeds the encoder's 5 blocks"):
+        parse_params({"model": {"blocks_per_stage": "resnet10"}, "finetune": {"frozen_blocks": 6}})
