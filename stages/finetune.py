@@ -90,7 +90,10 @@ def run(
         )
 
     with training_devices(params.training) as placement:
-        encoder = load_encoder(pretrained_dir, (*shape, 1))
+        # computes in the training precision, whatever precision it was pretrained in
+        encoder = models.set_precision(
+            load_encoder(pretrained_dir, (*shape, 1)), keras.config.dtype_policy().name
+        )
         frozen = models.freeze_blocks(encoder, tune.frozen_blocks)
         model = models.build_classifier(
             encoder, models.head_from_params(params.model, encoder, len(classes))
@@ -106,7 +109,7 @@ def run(
         train_data, val_data = _datasets(
             train, val, shape, len(classes), spec, params, placement.replicas
         )
-        with atomic_dir(out_dir, OUTPUTS) as staging:
+        with atomic_dir(placement.output_dir(out_dir), OUTPUTS) as staging:
             steps = (steps, steps_per_epoch(len(val), tune.batch_size, placement.replicas))
             bundle = _fit(model, train_data, val_data, steps, train, classes, staging, params)
             best = keras.saving.load_model(staging / "model.keras", safe_mode=True)

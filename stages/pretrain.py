@@ -92,7 +92,7 @@ def run(preprocessed_dir: str | Path, out_dir: str | Path, params: Params) -> di
     summary["seconds"] = round(time.perf_counter() - started, 1)
     model_summary = summarize(trained, spec.target_spacing_mm)
     summary["model"] = brief(model_summary)
-    with atomic_dir(out_dir, OUTPUTS) as staging:
+    with atomic_dir(placement.output_dir(out_dir), OUTPUTS) as staging:
         encoder.save(staging / "encoder.keras")
         write_history(staging / "history.csv", history or {"loss": []})
         write_json(staging / "pretrain.json", summary)

@@ -93,21 +93,25 @@ def epoch_order(count: int, epochs: int, seed: int, purpose: str) -> tuple[np.nd
 def epoch_batches(count: int, batch_size: int, replicas: int = 1) -> list[int]:
     """The batch sizes of one epoch of ``count`` examples: full batches, then the rest.
 
-    With several replicas each batch is split between them, and a rest smaller than the
-    number of replicas would leave one an empty batch (TensorFlow's CPU convolutions fail on
-    those): it is folded into the last full batch instead, so no example is dropped.
+    With several replicas every batch is split between them, and under a distribution
+    strategy Keras averages the first batch over the replicas to build the model's metrics,
+    which fails unless it splits evenly. So ``batch_size`` must be a multiple of
+    ``replicas``, and an epoch shorter than one batch is cut where it splits evenly, the
+    few examples left over making a last, smaller batch. A last batch smaller than the
+    number of replicas leaves some of them an empty batch, which training handles (not
+    TensorFlow's oneDNN CPU convolutions: see voxelflow.devices).
     """
-    if batch_size < replicas or count < replicas:
+    if replicas > 1 and batch_size % replicas:
         raise ValueError(
-            f"{count} examples in batches of {batch_size} cannot feed {replicas} replicas: "
-            "the batch size and the number of examples must be at least the number of replicas"
+            f"batch size {batch_size} does not split evenly over {replicas} replicas: use a "
+            f"multiple of {replicas}"
         )
-    sizes = [batch_size] * (count // batch_size)
-    rest = count % batch_size
-    if rest and rest < replicas and sizes:
-        sizes[-1] += rest
-    elif rest:
-        sizes.append(rest)
+    if count < replicas:
+        raise ValueError(f"{count} examples cannot feed {replicas} replicas")
+    first = batch_size if count >= batch_size else count - count % replicas
+    sizes = [first] * (count // first)
+    if count % first:
+        sizes.append(count % first)
     return sizes
 
 
@@ -132,12 +136,10 @@ def make_dataset(
     Batches never straddle two epochs: each epoch is ``ceil(len(source) / batch_size)``
     batches (the last one smaller), so ``steps_per_epoch`` of that size keeps Keras's epochs
     aligned with the data's, and on-the-fly augmentation's copy of epoch ``e`` is seen in
-    Keras epoch ``e``. With several ``replicas`` a last batch too small to give each one an
-    example is folded into the one before (:func:`epoch_batches`).
+    Keras epoch ``e``. With several ``replicas`` the first batch splits evenly between them
+    (:func:`epoch_batches`).
     """
     sizes = epoch_batches(len(source), batch_size, replicas)
-    folded = len(sizes) > 1 and sizes[-1] > batch_size
-    head = (len(sizes) - 1) * batch_size
     if shuffle:
         indices, epoch_of = epoch_order(len(source), epochs, seed, purpose)
     else:
@@ -158,13 +160,7 @@ def make_dataset(
     def one_epoch(index_row, epoch_row):
         dataset = tf.data.Dataset.from_tensor_slices((index_row, epoch_row))
         dataset = dataset.map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if folded:
-            return (
-                dataset.take(head)
-                .batch(batch_size)
-                .concatenate(dataset.skip(head).batch(sizes[-1]))
-            )
-        return dataset.batch(batch_size)
+        return dataset.batch(sizes[0])
 
     dataset = tf.data.Dataset.from_tensor_slices((indices, epoch_of)).flat_map(one_epoch)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -16,6 +16,9 @@ compiling and fitting its models::
   CPU device) is visible, else the default one-device strategy; JAX backend: Keras
   ``DataParallel`` over the visible devices when there are several. The batch size in params
   is the global batch, split over the replicas;
+- multi-worker: every worker runs the same stage; only the chief writes the outputs
+  (:meth:`Placement.output_dir`). Tested here with a one-worker cluster, not across
+  machines;
 - XLA: ``jit_compile`` for ``Model.compile`` (``"auto"`` lets Keras decide; it stays off
   while TensorFlow's ops are deterministic).
 """
@@ -26,8 +29,10 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 
@@ -47,6 +52,25 @@ class Placement:
     jit_compile: bool | str
     strategy: object | None = field(default=None, repr=False)
 
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the outputs: always, except on the workers of a
+        multi-worker cluster other than the chief (or worker 0 where there is no chief)."""
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if self.kind != "multi_worker" or resolver is None:
+            return True
+        cluster = resolver.cluster_spec().as_dict()
+        if "chief" in cluster:
+            return resolver.task_type == "chief"
+        return resolver.task_type == "worker" and resolver.task_id == 0
+
+    def output_dir(self, out_dir: str | Path) -> Path:
+        """``out_dir`` on the chief; a throwaway folder on the other workers, which must save
+        too (saving a distributed model is a collective operation) but not over the chief."""
+        if self.is_chief:
+            return Path(out_dir)
+        return Path(tempfile.mkdtemp(prefix=f"voxelflow-worker-{Path(out_dir).name}-"))
+
     def describe(self) -> dict:
         """JSON-ready, for the stage's report."""
         return {
@@ -62,20 +86,26 @@ class Placement:
 def _tensorflow_strategy(mode: str):
     import tensorflow as tf
 
-    if mode == "single":
-        strategy = tf.distribute.get_strategy()
-        return "single", strategy, [tf.config.list_logical_devices()[0].name]
-    if os.environ.get("TF_CONFIG"):
+    if mode != "single" and os.environ.get("TF_CONFIG"):
+        # first: the strategy must exist before TensorFlow's runtime starts
+        text = os.environ["TF_CONFIG"]
         try:
-            cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"TF_CONFIG is not a valid cluster description: {error}") from None
+            cluster = json.loads(text)["cluster"]
+            assert isinstance(cluster, dict)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise ValueError(
+                f"TF_CONFIG is not a valid cluster description: {text!r}; expected JSON like "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                '"task": {"type": "worker", "index": 0}}'
+            ) from None
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
         log.info("multi-worker training over %d workers", workers)
         return "multi_worker", strategy, [f"{workers} workers"]
     gpus = tf.config.list_logical_devices("GPU")
     names = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
+    if mode == "single":
+        return "single", tf.distribute.get_strategy(), names[:1]
     if mode == "mirrored" or len(names) > 1:
         # NCCL all-reduce on GPUs; on CPU devices, reduction on one device (no collective ops,
         # whose order can differ between CPU replicas). Mirroring over logical CPU devices is

@@ -3,8 +3,9 @@
 Written with every bundle (``model_summary.json``). Figures are computed from the layer graph
 at the model's configured input shape, not measured:
 
-- parameters: trainable, frozen (weights of layers set non-trainable) and statistics (the
-  normalisation layers' moving means and variances, never trained by the optimiser);
+- parameters: trainable, frozen (every weight of a layer set non-trainable, its batch
+  normalisation statistics included) and statistics (the moving means and variances of
+  the trainable layers' batch normalisation, updated by the data but not the optimiser);
 - multiply-accumulates (MACs) per volume: convolutions and dense layers, the operations that
   cost; normalisation, activations, pooling and additions are left out (about 1% of a 3D
   CNN's arithmetic);
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 import keras
 from keras import layers
+
+from voxelflow.models import leaf_layers
 
 # Layers that change neither where a voxel is nor what it sees.
 POINTWISE = (
@@ -101,6 +104,7 @@ def _macs(layer, inputs, outputs) -> int:
 class _Trace:
     fields: dict[int, Field]
     macs: dict[str, int]
+    sub_inputs: dict[str, list[Field]]
 
 
 def _trace(model: keras.Model, inputs: list[Field], trace: _Trace, prefix: str = "") -> list[Field]:
@@ -117,6 +121,7 @@ def _trace(model: keras.Model, inputs: list[Field], trace: _Trace, prefix: str =
             fields = [trace.fields[id(tensor)] for tensor in arguments]
             name = f"{prefix}{layer.name}"
             if isinstance(layer, keras.Model):
+                trace.sub_inputs.setdefault(layer.name, fields)
                 outputs = _trace(layer, fields, trace, prefix=f"{name}/")
             else:
                 outputs = [_propagate(layer, fields)] * len(node.outputs)
@@ -126,19 +131,11 @@ def _trace(model: keras.Model, inputs: list[Field], trace: _Trace, prefix: str =
     return [trace.fields.get(id(tensor), Field(known=False)) for tensor in model.outputs]
 
 
-def _leaf_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
 def parameter_counts(model: keras.Model) -> dict[str, int]:
     """Trainable, frozen and statistics weights (each weight counted once)."""
     counts = {"trainable": 0, "frozen": 0, "statistics": 0}
     seen: set[int] = set()
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         for weight in layer.weights:
             if id(weight) in seen:
                 continue
@@ -166,21 +163,24 @@ def _field_summary(field: Field, spacing_mm) -> dict:
     return summary
 
 
-def summarize(model: keras.Model, spacing_mm=None) -> dict:
+def summarize(model: keras.Model, spacing_mm=None, input_fields: list[Field] | None = None) -> dict:
     """Parameters, MACs per volume and receptive fields of ``model`` and its sub-models.
 
     Args:
         model: a functional model with a fixed input shape.
         spacing_mm: the input's voxel spacing, to give receptive fields in millimetres.
+        input_fields: the fields of ``model``'s inputs when it is a sub-model (from its
+            parent's trace), so that its fields too are in voxels of the parent's input.
 
     Returns:
         JSON-ready: ``input_shape``, ``parameters``, ``macs_per_volume``,
         ``gmacs_per_volume``, ``receptive_field`` (one per model output), and the same for
-        each nested sub-model under ``sub_models`` (the encoder's field is the one that
-        says how much context a feature voxel has).
+        each nested sub-model under ``sub_models``, its fields in voxels of the outermost
+        input too (the encoder's field is the one that says how much context a feature
+        voxel has).
     """
-    trace = _Trace({}, {})
-    outputs = _trace(model, [Field() for _ in model.inputs], trace)
+    trace = _Trace({}, {}, {})
+    outputs = _trace(model, input_fields or [Field() for _ in model.inputs], trace)
     total = sum(trace.macs.values())
     summary = {
         "name": model.name,
@@ -193,7 +193,8 @@ def summarize(model: keras.Model, spacing_mm=None) -> dict:
     subs = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            sub = summarize(layer, spacing_mm) if layer.inputs else {}
+            fields = trace.sub_inputs.get(layer.name)
+            sub = summarize(layer, spacing_mm, fields) if layer.inputs and fields else {}
             subs[layer.name] = {key: sub[key] for key in sub if key != "name"}
     if subs:
         summary["sub_models"] = subs

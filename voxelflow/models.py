@@ -117,11 +117,18 @@ def _norm_act(x, name: str, style: Style, activation: bool = True):
     return x
 
 
-def separable_width(in_channels: int, out_channels: int, kernel: int = 3, strides: int = 1) -> int:
+def separable_width(
+    in_channels: int,
+    out_channels: int,
+    kernel: int = 3,
+    strides: int = 1,
+    per_channel: int = 1,
+) -> int:
     """Intermediate width M of a (2+1)D pair that undercuts a k^3 convolution twice over.
 
-    Weights: the pair has k*k*in*M + M + k*M*out (the ``+ M`` a bias or a normalisation's
-    shift) against k^3*in*out, so M <= k^3*in*out / (k^2*in + k*out + 1), as in R(2+1)D.
+    Weights: the pair has k*k*in*M + per_channel*M + k*M*out against k^3*in*out, where
+    ``per_channel`` counts the middle's own weights (1: a bias; 2: a normalisation's scale
+    and shift), so M <= k^3*in*out / (k^2*in + k*out + per_channel), as in R(2+1)D.
 
     Multiply-accumulates: with stride s the k x k x 1 convolution strides the first two axes
     and runs at 1/s^2 of the input voxels, the 1 x 1 x k one strides the third and runs at
@@ -129,7 +136,7 @@ def separable_width(in_channels: int, out_channels: int, kernel: int = 3, stride
     bound is looser than the first; at s = 2 it is the tighter one.
     """
     full = kernel**3 * in_channels * out_channels
-    by_weights = full // (kernel**2 * in_channels + kernel * out_channels + 1)
+    by_weights = full // (kernel**2 * in_channels + kernel * out_channels + per_channel)
     by_macs = full // (strides * kernel**2 * in_channels + kernel * out_channels)
     return max(1, min(by_weights, by_macs))
 
@@ -140,7 +147,9 @@ def conv3(x, filters: int, strides: int, name: str, style: Style):
         return layers.Conv3D(
             filters, 3, strides=strides, padding="same", use_bias=style.use_bias, name=name
         )(x)
-    middle = separable_width(x.shape[-1], filters, 3, strides)
+    middle = separable_width(x.shape[-1], filters, 3, strides, 1 if style.use_bias else 2)
+    if style.normalization == "group" and middle >= 8:
+        middle -= middle % 8  # so group normalisation has its 8 groups
     x = layers.Conv3D(
         middle,
         (3, 3, 1),
@@ -305,6 +314,10 @@ def stage_outputs(encoder: keras.Model) -> list:
         block = _block_of(layer.name)
         if block is not None:
             last[block.split("_")[0]] = layer.output
+    if "stem" not in last or len(last) < 2:
+        raise ValueError(
+            f"{encoder.name}: not an encoder of this module (no 'stem' and 'stage*' layers)"
+        )
     stages = sorted((name for name in last if name != "stem"), key=lambda s: int(s[5:]))
     return [last[name] for name in reversed(stages)] + [last["stem"]]
 
@@ -326,6 +339,12 @@ def build_decoder(
     decoder can copy fine detail from shallow layers (a U-Net), which restores better and
     teaches the deep layers less.
 
+    Without skips there is no convolution at a resolution reached without upsampling (the
+    stem's, when its stride is 1): the decoder is kept lean so the encoder does the work. On
+    the demo data, one run each, a decoder with that extra full-resolution convolution
+    left the fine-tuned classifier at 0.66 training accuracy after 25 epochs (test balanced
+    accuracy 0.721), without it 0.87 (test balanced accuracy 0.873).
+
     Its inputs are the encoder's :func:`stage_outputs` (deepest first) with ``skips``, else
     the deepest alone.
     """
@@ -341,6 +360,8 @@ def build_decoder(
         shape = shapes[index]
         factor = tuple(int(a // b) for a, b in zip(shape[:3], x.shape[1:4], strict=True))
         name = f"dec{len(shapes) - index}"
+        if factor == (1, 1, 1) and not skips:
+            continue  # no convolution where nothing is upsampled or merged: see the docstring
         if factor != (1, 1, 1):
             x = layers.UpSampling3D(factor, name=f"{name}_up")(x)
         if skips:
@@ -465,8 +486,27 @@ def freeze_blocks(encoder: keras.Model, blocks: int | list[str]) -> list[str]:
     return [name for name in names if name in frozen]
 
 
-def count_parameters(model: keras.Model) -> dict[str, int]:
-    """Trainable and non-trainable (frozen layers and normalisation statistics) weights."""
-    trainable = sum(int(ops.size(weight)) for weight in model.trainable_weights)
-    frozen = sum(int(ops.size(weight)) for weight in model.non_trainable_weights)
-    return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
+FLOAT32_OUTPUTS = ("head_logits", "dec_out")
+
+
+def set_precision(model: keras.Model, policy: str) -> keras.Model:
+    """Makes a built or loaded model compute under ``policy`` (output layers stay float32).
+
+    A loaded model keeps the dtype policy it was saved with; weights are float32 under every
+    policy here, so only the computation changes: a float32-pretrained encoder fine-tunes in
+    mixed precision, and a mixed-precision bundle predicts in float32 on a CPU.
+    """
+    for layer in leaf_layers(model):
+        if layer.name not in FLOAT32_OUTPUTS:
+            layer.dtype_policy = policy
+    return model
+
+
+def leaf_layers(model: keras.Model):
+    """Every layer of ``model`` that is not itself a model, sub-models walked in order."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+

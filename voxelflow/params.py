@@ -289,7 +289,8 @@ class FinetuneParams(Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
     learning_rate: PositiveFloat = 1e-3
-    frozen_blocks: int = Field(1, ge=0)
+    # the first N encoder blocks, or block names such as [stem, stage1_block1]
+    frozen_blocks: Annotated[int, Field(ge=0)] | list[str] = 1
     augmentation: Literal["cache", "online"] = "cache"
     include_originals: bool = True
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
@@ -320,11 +321,34 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _frozen_within_encoder(self) -> Params:
-        blocks = sum(self.model.blocks_per_stage) + 1
-        if self.finetune.frozen_blocks > blocks:
+        layout = self.model.blocks_per_stage
+        names = ["stem"] + [
+            f"stage{stage}_block{block}"
+            for stage, blocks in enumerate(layout, start=1)
+            for block in range(1, blocks + 1)
+        ]
+        frozen = self.finetune.frozen_blocks
+        if isinstance(frozen, int) and frozen > len(names):
             raise ValueError(
-                f"finetune.frozen_blocks={self.finetune.frozen_blocks} exceeds the encoder's "
-                f"{blocks} blocks (stem + model.blocks_per_stage)"
+                f"finetune.frozen_blocks={frozen} exceeds the encoder's {len(names)} blocks "
+                "(stem + model.blocks_per_stage)"
+            )
+        if isinstance(frozen, list) and set(frozen) - set(names):
+            raise ValueError(
+                f"finetune.frozen_blocks names unknown blocks {sorted(set(frozen) - set(names))}; "
+                f"the encoder's blocks are {names}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shape_fits_encoder(self) -> Params:
+        shape = self.preprocess.target_shape
+        factor = self.model.stem_stride * 2 ** (len(self.model.blocks_per_stage) - 1)
+        if shape != "auto" and any(size % factor for size in shape):
+            raise ValueError(
+                f"preprocess.target_shape {list(shape)} must be divisible by {factor} for "
+                f"model.blocks_per_stage {self.model.blocks_per_stage} (each stage after the "
+                f"first halves it) with model.stem_stride {self.model.stem_stride}"
             )
         return self
 

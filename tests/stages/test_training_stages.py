@@ -49,7 +49,10 @@ def test_pretrain_outputs(trained):
     full = json.loads((trained / "pretrained" / "model_summary.json").read_text())
     assert full["name"] == "autoencoder"
     assert set(full["sub_models"]) == {"encoder", "decoder"}
-    assert full["sub_models"]["decoder"]["receptive_field"][0]["voxels"][0] > 1
+    # in input voxels: the encoder's 13 (see test_models), then the decoder's 3x3x3
+    # convolution after upsampling: 15
+    assert full["sub_models"]["decoder"]["receptive_field"][0]["voxels"] == [15, 15, 15]
+    assert full["receptive_field"][0]["mm"] == [60.0, 60.0, 60.0]  # 15 voxels of 4 mm
     assert summary["model"]["gmacs_per_volume"] == full["gmacs_per_volume"] > 0
     assert "loss" in (trained / "pretrained" / "history.csv").read_text().splitlines()[0]
 

@@ -81,31 +81,38 @@ def test_batches_never_straddle_epochs(tmp_path):
         assert sorted(seen) == list(range(10))  # every item once per epoch
 
 
-def test_a_last_batch_too_small_for_the_replicas_is_folded_not_dropped(tmp_path):
+def test_the_first_batch_splits_evenly_over_the_replicas(tmp_path):
     import pytest
 
     from voxelflow.data import epoch_batches, make_dataset, steps_per_epoch
 
     assert epoch_batches(9, 4) == [4, 4, 1]
-    assert epoch_batches(9, 4, replicas=2) == [4, 5]  # a batch of 1 would starve a replica
-    assert epoch_batches(10, 4, replicas=2) == [4, 4, 2]
-    assert epoch_batches(3, 4, replicas=2) == [3]
-    assert steps_per_epoch(9, 4, replicas=2) == 2
-    with pytest.raises(ValueError, match="cannot feed 4 replicas"):
-        epoch_batches(9, 2, replicas=4)
-
-    source = VolumeSource([str(tmp_path / f"{i}") for i in range(9)], [-1] * 9, [0] * 9, [])
+    assert epoch_batches(9, 4, replicas=2) == [4, 4, 1]  # a last batch may starve a replica
+    assert epoch_batches(5, 8, replicas=2) == [4, 1]  # but never the first
+    assert epoch_batches(3, 4) == [3]
+    assert epoch_batches(6, 8, replicas=2) == [6]
+    assert steps_per_epoch(5, 8, replicas=2) == 2
+    with pytest.raises(ValueError, match="batch size 6 does not split evenly over 4 replicas"):
+        epoch_batches(9, 6, replicas=4)
+    with pytest.raises(ValueError, match="3 examples cannot feed 4 replicas"):
+        epoch_batches(3, 4, replicas=4)
 
     def example(source, index, epoch):
         return np.float32(index), np.int32(epoch)
 
     signature = (tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32))
-    for shuffle in (True, False):
-        dataset = make_dataset(
-            source, 4, example, signature, epochs=2, seed=1, shuffle=shuffle, replicas=2
+    for count, expected in ((9, [4, 4, 1]), (5, [4, 1]), (3, [2, 1])):
+        source = VolumeSource(
+            [str(tmp_path / f"{i}") for i in range(count)], [-1] * count, [0] * count, []
         )
-        batches = [(x.numpy(), y.numpy()) for x, y in dataset]
-        assert [len(x) for x, _ in batches] == [4, 5, 4, 5]
-        for epoch in range(2):
-            seen = np.concatenate([x for x, e in batches if e[0] == epoch])
-            assert sorted(seen) == list(range(9))
+        for shuffle in (True, False):
+            dataset = make_dataset(
+                source, 4, example, signature, epochs=2, seed=1, shuffle=shuffle, replicas=2
+            )
+            batches = [(x.numpy(), y.numpy()) for x, y in dataset]
+            assert [len(x) for x, _ in batches] == expected * 2
+            for number, (_, epochs) in enumerate(batches):
+                assert set(epochs) == {number // len(expected)}  # one epoch per batch
+            for epoch in range(2):
+                seen = np.concatenate([x for x, e in batches if e[0] == epoch])
+                assert sorted(seen) == list(range(count))

@@ -185,14 +185,29 @@ print(json.dumps({
     assert result["max_weight_difference"] < 1e-5
 
 
-def test_training_stages_run_mirrored(tiny_data, tiny_params_dict, tmp_path):
-    """pretrain + finetune end to end under MirroredStrategy on two CPU devices."""
+@pytest.mark.parametrize("kind", ["mirrored", "multi_worker"])
+def test_training_stages_run_distributed(kind, tiny_data, tiny_params_dict, tmp_path):
+    """pretrain + finetune end to end under MirroredStrategy on two CPU devices (batch norm,
+    the encoder pretrained in float32 and fine-tuned in mixed bfloat16), and under
+    MultiWorkerMirroredStrategy from TF_CONFIG (a one-worker cluster: the chief)."""
     params = json.loads(json.dumps(tiny_params_dict))
-    params["training"] = {"distribution": "mirrored"}
+    params["training"] = {"distribution": "mirrored" if kind == "mirrored" else "auto"}
+    if kind == "mirrored":
+        params["model"]["normalization"] = "batch"
     (tmp_path / "params.json").write_text(json.dumps(params))
     (tmp_path / "data.json").write_text(json.dumps({k: str(v) for k, v in tiny_data.items()}))
+    env = {}
+    if kind == "multi_worker":
+        with socket.socket() as probe:
+            probe.bind(("localhost", 0))
+            port = probe.getsockname()[1]
+        cluster = {
+            "cluster": {"worker": [f"localhost:{port}"]},
+            "task": {"type": "worker", "index": 0},
+        }
+        env["TF_CONFIG"] = json.dumps(cluster)
     result = _run(
-        TWO_CPUS
+        (TWO_CPUS if kind == "mirrored" else "")
         + f"""
 import json
 from pathlib import Path
@@ -204,15 +219,23 @@ paths = json.loads(Path({str(tmp_path / "data.json")!r}).read_text())
 data = {{key: Path(value) for key, value in paths.items()}}
 out = Path({str(tmp_path)!r})
 summary = pretrain.run(data["preprocessed"], out / "pretrained", params)
+if {kind == "mirrored"}:
+    params.training.precision = "mixed_bfloat16"
 bundle = finetune.run(out / "pretrained", data["augmented"], data["preprocessed"],
                       out / "classifier", params)
 print(json.dumps({{"pretrain": summary["devices"], "finetune": bundle["devices"],
                   "loss": summary["final_loss"], "val": bundle["val_metrics"]}}))
-"""
+""",
+        env=env,
     )
-    assert result["pretrain"]["replicas"] == result["finetune"]["replicas"] == 2
+    assert result["pretrain"]["distribution"] == result["finetune"]["distribution"] == kind
+    replicas = 2 if kind == "mirrored" else 1
+    assert result["pretrain"]["replicas"] == result["finetune"]["replicas"] == replicas
     assert np.isfinite(result["loss"]) and 0 <= result["val"]["accuracy"] <= 1
-    assert (tmp_path / "classifier" / "model.keras").is_file()
+    assert (tmp_path / "classifier" / "model.keras").is_file()  # the chief wrote the bundle
+    assert result["pretrain"]["precision"] == "float32"
+    precision = "mixed_bfloat16" if kind == "mirrored" else "float32"
+    assert result["finetune"]["precision"] == precision
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")

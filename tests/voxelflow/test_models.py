@@ -103,7 +103,7 @@ def test_parameters_macs_and_receptive_field_match_hand_counts(architecture):
     head_weights = 4 * 3 + 3
     assert summary["sub_models"]["encoder"]["parameters"]["total"] == expected["parameters"]
     assert summary["parameters"]["total"] == expected["parameters"] + head_weights
-    assert models.count_parameters(encoder)["total"] == expected["parameters"]
+    assert sum(int(np.prod(w.shape)) for w in encoder.weights) == expected["parameters"]
     assert summary["sub_models"]["encoder"]["macs_per_volume"] == expected["macs"]
     assert summary["macs_per_volume"] == expected["macs"] + 4 * 3
     field = summary["sub_models"]["encoder"]["receptive_field"][0]
@@ -122,7 +122,7 @@ def test_summary_splits_trainable_frozen_and_statistics():
     batch_norms = [layer for layer in encoder.layers if "norm" in layer.name]
     trainable_norm_channels = sum(layer.gamma.shape[0] for layer in batch_norms if layer.trainable)
     assert counts["statistics"] == 2 * trainable_norm_channels
-    assert counts["total"] == models.count_parameters(classifier)["total"]
+    assert counts["total"] == sum(int(np.prod(w.shape)) for w in classifier.weights)
 
 
 @pytest.mark.parametrize("shape", [SHAPE, NON_CUBIC])
@@ -170,10 +170,17 @@ def test_normalization_layers(normalization):
     norm = encoder.get_layer("stage2_block1_conv1_norm")
     if normalization == "batch":
         assert isinstance(norm, keras.layers.BatchNormalization)
-    else:
-        assert isinstance(norm, keras.layers.GroupNormalization)
-        assert norm.groups == {"group": 8, "instance": 24}[normalization]
-    assert encoder.get_layer("stem_norm").groups if normalization != "batch" else True
+        return
+    assert isinstance(norm, keras.layers.GroupNormalization)
+    assert norm.groups == {"group": 8, "instance": 24}[normalization]
+    assert encoder.get_layer("stem_norm").groups == {"group": 4, "instance": 12}[normalization]
+
+
+def test_group_norm_keeps_its_groups_in_separable_pairs():
+    encoder = models.build_encoder(SHAPE, "separable", 16, [1, 1], "group")
+    for layer in encoder.layers:
+        if layer.name.endswith("_spatial_norm"):
+            assert layer.groups == 8, (layer.name, layer.groups)
 
 
 def test_dropout_layers_and_multi_layer_head():
@@ -294,6 +301,35 @@ def test_decoder_with_skips_reads_every_resolution_and_trains_the_encoder(stem_s
     assert not np.array_equal(before, encoder.get_layer("stage3_block1_conv2").get_weights()[0])
     names = [layer.name for layer in decoder.layers]
     assert "dec1_skip" in names and ("dec0_up" in names) == (stem_stride == 2)
+
+
+@pytest.mark.parametrize(("skips", "field"), [(False, 15), (True, 17)])
+def test_autoencoder_receptive_fields_are_in_input_voxels(skips, field):
+    # resnet [1, 1] at 16^3: the encoder sees 13 voxels (jump 2); the decoder upsamples
+    # (jump 1) and convolves: 13 + 2 = 15; with skips it also convolves after merging the
+    # stem's features: 15 + 2 = 17
+    encoder = models.build_encoder(SHAPE, "resnet", 4, [1, 1], "none")
+    autoencoder = models.build_autoencoder(encoder, models.build_decoder(encoder, skips=skips))
+    summary = summarize(autoencoder, spacing_mm=(2.0, 2.0, 2.0))
+    assert summary["receptive_field"][0] == {"voxels": [field] * 3, "mm": [2.0 * field] * 3}
+    subs = summary["sub_models"]
+    assert subs["decoder"]["receptive_field"][0]["voxels"] == [field] * 3
+    encoder_summary = subs["encoder_pyramid" if skips else "encoder"]
+    assert encoder_summary["receptive_field"][0]["voxels"] == [13] * 3
+
+
+def test_set_precision_recasts_a_loaded_model_but_not_its_outputs(tmp_path):
+    _, classifier = _classifier("separable", "batch")
+    classifier.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    models.set_precision(loaded, "mixed_bfloat16")
+    encoder = loaded.get_layer("encoder")
+    assert encoder.get_layer("stage1_block1_conv1_spatial").compute_dtype == "bfloat16"
+    assert loaded.get_layer("head").get_layer("head_logits").compute_dtype == "float32"
+    x, _ = _batch(size=2)
+    assert keras.ops.convert_to_numpy(loaded(x)).dtype == np.float32
+    models.set_precision(loaded, "float32")
+    assert np.allclose(loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), atol=1e-6)
 
 
 def test_decoder_without_skips_reads_only_the_deepest_features():

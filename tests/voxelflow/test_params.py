@@ -92,6 +92,17 @@ def test_model_layouts_heads_and_training_devices():
         parse_params({"training": {"jit_compile": True}})
     with pytest.raises(ValueError, match="model.stem_stride"):
         parse_params({"model": {"stem_stride": 3}})
+    names = {"frozen_blocks": ["stem", "stage2_block1"]}
+    assert parse_params({"finetune": names}).finetune.frozen_blocks == names["frozen_blocks"]
+    with pytest.raises(ValueError, match="unknown blocks \\['stage3_block1'\\]"):
+        parse_params({"finetune": {"frozen_blocks": ["stem", "stage3_block1"]}})
+    with pytest.raises(ValueError, match="target_shape \\[32, 32, 40\\] must be divisible by 16"):
+        parse_params(
+            {
+                "model": {"blocks_per_stage": "resnet10", "stem_stride": 2},
+                "preprocess": {"target_shape": [32, 32, 40]},
+            }
+        )
     # a layout name counts its blocks for finetune.frozen_blocks too
     with pytest.raises(ValueError, match="exceeds the encoder's 5 blocks"):
         parse_params({"model": {"blocks_per_stage": "resnet10"}, "finetune": {"frozen_blocks": 6}})
