@@ -65,13 +65,14 @@ def run(
             test.ids, labels, predicted, probabilities, strict=True
         )
     ]
-    with atomic_dir(metrics_dir, ("eval.json", "predictions.csv")) as staging:
-        write_json(staging / "eval.json", result)
-        write_csv(staging / "predictions.csv", rows, list(rows[0]))
     with atomic_dir(plots_dir, ("confusion.csv", "roc")) as staging:
         write_csv(staging / "confusion.csv", rows, ("id", "actual", "predicted"))
         for name, points in roc_curves(labels, probabilities, classes).items():
             write_csv(staging / "roc" / f"{name}.csv", points, ("fpr", "tpr"))
+    # file by file (each atomic), eval.json last: metrics/ also holds finetune.json
+    Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+    write_csv(Path(metrics_dir) / "predictions.csv", rows, list(rows[0]))
+    write_json(Path(metrics_dir) / "eval.json", result)
     log.info(
         "evaluate: accuracy %.3f, balanced accuracy %.3f, macro AUC %s on %d test volumes",
         result["accuracy"],

@@ -1,19 +1,32 @@
 """Stage `finetune`: a classifier from the pretrained encoder, its first blocks frozen.
 
     python -m stages.finetune --pretrained models/pretrained --augmented data/augmented \
-        --preprocessed data/preprocessed --out models/classifier
+        --preprocessed data/preprocessed --out models/classifier \
+        --checkpoints models/checkpoints/finetune --logs logs/finetune \
+        --summary metrics/finetune.json
 
-Trains on the augmented cache (plus the original training volumes when
-``finetune.include_originals``), selects the epoch by the validation split, and writes the
-model bundle: ``model.keras``, ``bundle.json`` (classes, preprocessing spec, params, params
-hash, frozen blocks, parameters/MACs/receptive field, devices, validation metrics),
-``model_summary.json`` (the full model summary) and ``history.csv``.
+Phase 1 trains the head and the unfrozen blocks (the first ``finetune.frozen_blocks`` stay
+frozen, their batch normalisation in inference mode); phase 2 (``phase2_epochs``) unfreezes
+the last ``unfreeze_blocks`` frozen blocks and trains on from phase 1's best epoch at
+``phase2_learning_rate``, each block further from the head at ``layer_decay`` times the rate
+of the one after it. Trains on the augmented cache (plus the original training volumes when
+``finetune.include_originals``) or on fresh copies per epoch, with class weights or a
+class-balanced sampler; the epoch bundled is the best by ``finetune.monitor`` on the
+validation split, and training stops when it has not improved for ``patience`` epochs.
+Resumes after a kill from per-epoch checkpoints (voxelflow.resume).
+
+Writes the model bundle: ``model.keras``, ``bundle.json`` (classes, preprocessing spec,
+params, params hash, frozen blocks, parameters/MACs/receptive field, devices, validation
+metrics), ``model_summary.json`` and ``history.csv``; the summary (epochs run, best epoch,
+best validation metric, wall time) to ``--summary`` (a DVC metric); TensorBoard logs to
+``--logs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -23,31 +36,26 @@ import numpy as np
 from voxelflow import models
 from voxelflow.atomic import atomic_dir, write_json
 from voxelflow.data import (
+    balanced_weights,
     cache_source,
     classification_dataset,
+    one_hot,
     preprocessed_source,
     steps_per_epoch,
 )
-from voxelflow.dataset import class_names, read_spec
+from voxelflow.dataset import class_names, data_digest, read_spec
 from voxelflow.devices import training_devices
 from voxelflow.model_summary import brief, summarize
 from voxelflow.online import online_dataset
+from voxelflow.optimizers import LayerwiseAdamW, block_rate_multipliers
 from voxelflow.params import Params, load_params, params_dict
+from voxelflow.resume import Checkpoints
 from voxelflow.runtime import setup_logging
-from voxelflow.training import params_hash, set_determinism, write_history
+from voxelflow.training import class_weights, params_hash, run_key, set_determinism, write_history
 
 log = logging.getLogger("voxelflow.stages.finetune")
 
-OUTPUTS = ("model.keras", "bundle.json", "history.csv", "checkpoint.keras", "model_summary.json")
-
-
-def class_weights(labels: list[int], classes: list[str]) -> dict[int, float]:
-    """Weights inversely proportional to class frequency (mean weight 1 over the samples)."""
-    counts = np.bincount(np.asarray(labels), minlength=len(classes)).astype(float)
-    if np.any(counts == 0):
-        missing = [classes[index] for index, count in enumerate(counts) if count == 0]
-        raise ValueError(f"classes {missing} have no training volume")
-    return {index: float(len(labels) / (len(classes) * n)) for index, n in enumerate(counts)}
+OUTPUTS = ("model.keras", "bundle.json", "history.csv", "model_summary.json")
 
 
 def load_encoder(pretrained_dir: str | Path, input_shape: tuple[int, ...]) -> keras.Model:
@@ -70,6 +78,9 @@ def run(
     preprocessed_dir: str | Path,
     out_dir: str | Path,
     params: Params,
+    checkpoints_dir: str | Path | None = None,
+    logs_dir: str | Path | None = None,
+    summary_path: str | Path | None = None,
 ) -> dict:
     """Fine-tunes and writes the model bundle into ``out_dir`` (atomically)."""
     set_determinism(params.seed, params.training.deterministic)
@@ -79,16 +90,27 @@ def run(
     shape = tuple(spec.target_shape)
     if tune.augmentation == "online":
         train = preprocessed_source(preprocessed_dir, ("train",), classes)
+        digest = data_digest(preprocessed_dir, ("train", "val"))
     else:
         train = cache_source(augmented_dir, classes)
         if tune.include_originals:
             train = train.extend(preprocessed_source(preprocessed_dir, ("train",), classes))
+        digest = data_digest(preprocessed_dir, ("train", "val")) + _cache_digest(augmented_dir)
     val = preprocessed_source(preprocessed_dir, ("val",), classes)
     if not len(val):
         raise ValueError(
             f"{preprocessed_dir}: the validation split is empty; cannot select a model"
         )
-
+    encoder_file = Path(pretrained_dir) / "encoder.keras"
+    if encoder_file.is_file():
+        digest += _file_digest(encoder_file)
+    checkpoints = Checkpoints(
+        checkpoints_dir or Path(out_dir).with_name(Path(out_dir).name + ".checkpoints"),
+        run_key(params, digest, "finetune"),
+    )
+    weights = class_weights(train.labels, classes)  # also refuses a class with no volume
+    started = time.perf_counter()
+    mode = "max" if tune.monitor in ("val_accuracy", "val_auc") else "min"
     with training_devices(params.training) as placement:
         # computes in the training precision, whatever precision it was pretrained in
         encoder = models.set_precision(
@@ -99,121 +121,202 @@ def run(
             encoder, models.head_from_params(params.model, encoder, len(classes))
         )
         steps = steps_per_epoch(len(train), tune.batch_size, placement.replicas)
-        schedule = keras.optimizers.schedules.CosineDecay(tune.learning_rate, steps * tune.epochs)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(schedule, weight_decay=tune.weight_decay),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=tune.label_smoothing),
-            metrics=["accuracy"],
-            jit_compile=placement.jit_compile,
+        fit = {
+            "validation_data": classification_dataset(
+                val, tune.batch_size, shape, shuffle=False, replicas=placement.replicas
+            ).map(one_hot(len(classes))),
+            "validation_steps": steps_per_epoch(len(val), tune.batch_size, placement.replicas),
+            "verbose": 2,
+        }
+        if tune.balance == "class_weight":
+            fit["class_weight"] = weights
+        total = tune.epochs + tune.phase2_epochs
+        data = _training_data(train, shape, len(classes), spec, params, placement.replicas, total)
+        _compile(
+            model,
+            keras.optimizers.AdamW,
+            tune.learning_rate,
+            steps * tune.epochs,
+            params,
+            len(classes),
+            placement.jit_compile,
         )
-        train_data, val_data = _datasets(
-            train, val, shape, len(classes), spec, params, placement.replicas
+        common = {
+            "monitor": tune.monitor,
+            "mode": mode,
+            "patience": tune.patience,
+            "seed": params.seed,
+        }
+        history = checkpoints.fit(
+            model,
+            "phase1",
+            data,
+            tune.epochs,
+            steps,
+            callbacks=_callbacks(params, logs_dir, 1),
+            **common,
+            **fit,
         )
+        phases = [{"phase": 1, "frozen_blocks": frozen, "epochs_run": _epochs(history)}]
+        if tune.phase2_epochs:
+            if checkpoints.best.is_file():  # phase 2 starts from phase 1's best epoch
+                model.set_weights(keras.saving.load_model(checkpoints.best).get_weights())
+            still_frozen = models.freeze_blocks(
+                encoder, frozen[: len(frozen) - tune.unfreeze_blocks]
+            )
+            multipliers = block_rate_multipliers(encoder, tune.layer_decay)
+            _compile(
+                model,
+                (
+                    (lambda rate, **kw: LayerwiseAdamW(rate, multipliers=multipliers, **kw))
+                    if multipliers
+                    else keras.optimizers.AdamW
+                ),
+                tune.phase2_learning_rate,
+                steps * tune.phase2_epochs,
+                params,
+                len(classes),
+                placement.jit_compile,
+            )
+            second = checkpoints.fit(
+                model,
+                "phase2",
+                lambda start: data(tune.epochs + start),
+                tune.phase2_epochs,
+                steps,
+                previous=history,
+                callbacks=_callbacks(params, logs_dir, 2),
+                **common,
+                **fit,
+            )
+            phases.append(
+                {"phase": 2, "frozen_blocks": still_frozen, "epochs_run": _epochs(second)}
+            )
+            history = {key: history.get(key, []) + second.get(key, []) for key in history}
         with atomic_dir(placement.output_dir(out_dir), OUTPUTS) as staging:
-            steps = (steps, steps_per_epoch(len(val), tune.batch_size, placement.replicas))
-            bundle = _fit(model, train_data, val_data, steps, train, classes, staging, params)
+            shutil.copyfile(checkpoints.best, staging / "model.keras")
             best = keras.saving.load_model(staging / "model.keras", safe_mode=True)
             model_summary = summarize(best, spec.target_spacing_mm)
-            bundle.update(
-                {
-                    "classes": classes,
-                    "preprocess": spec.to_dict(),
-                    "params": params_dict(params),
-                    "params_hash": params_hash(params),
-                    "architecture": params.model.architecture,
-                    "frozen_blocks": frozen,
-                    "model": brief(model_summary),
-                    "devices": placement.describe(),
-                    "train_samples": len(train),
-                    "val_volumes": len(val),
-                }
-            )
+            scores = np.asarray(history[tune.monitor])
+            best_epoch = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
+            bundle = {
+                "classes": classes,
+                "preprocess": spec.to_dict(),
+                "params": params_dict(params),
+                "params_hash": params_hash(params),
+                "architecture": params.model.architecture,
+                "frozen_blocks": frozen,
+                "phases": phases,
+                "model": brief(model_summary),
+                "devices": placement.describe(),
+                "train_samples": len(train),
+                "val_volumes": len(val),
+                "best_epoch": best_epoch + 1,
+                "epochs_run": len(scores),
+                "val_metrics": {
+                    key[4:]: float(values[best_epoch])
+                    for key, values in history.items()
+                    if key.startswith("val_")
+                },
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            write_history(staging / "history.csv", history)
             write_json(staging / "bundle.json", bundle)
             write_json(staging / "model_summary.json", model_summary)
+    if summary_path and placement.is_chief:
+        write_json(
+            summary_path,
+            {
+                "epochs_run": bundle["epochs_run"],
+                "best_epoch": bundle["best_epoch"],
+                f"best_{tune.monitor}": float(scores[best_epoch]),
+                "seconds": bundle["seconds"],
+                "phases": len(phases),
+            },
+        )
+    checkpoints.clear()
     log.info("finetune: best epoch %d, %s", bundle["best_epoch"], bundle["val_metrics"])
     return bundle
 
 
-def _datasets(train, val, shape, num_classes: int, spec, params: Params, replicas: int):
-    """The training data (augmented cache or online) and the validation data, one-hot."""
-    tune = params.finetune
-    if tune.augmentation == "online":
-        train_data = online_dataset(
-            train,
-            tune.batch_size,
-            shape,
-            params.augment,
-            params.seed,
-            spec.target_spacing_mm,
-            tune.epochs,
-            replicas=replicas,
-        )
-    else:
-        train_data = classification_dataset(
-            train,
-            tune.batch_size,
-            shape,
-            epochs=tune.epochs,
-            seed=params.seed,
-            purpose="finetune",
-            replicas=replicas,
-        )
-    val_data = classification_dataset(val, tune.batch_size, shape, shuffle=False, replicas=replicas)
-    return train_data.map(_one_hot(num_classes)), val_data.map(_one_hot(num_classes))
+def _epochs(history: dict) -> int:
+    return len(next(iter(history.values()), []))
 
 
-def _fit(
-    model, train_data, val_data, steps: tuple[int, int], train, classes, staging: Path, params
-) -> dict:
-    """Fits with checkpointing and early stopping; saves the best epoch's model.keras and
-    history.csv into ``staging`` and returns the bundle's training figures."""
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cache_digest(augmented_dir: str | Path) -> str:
+    path = Path(augmented_dir) / "provenance.jsonl"
+    return _file_digest(path) if path.is_file() else ""
+
+
+def _compile(model, optimizer, rate: float, steps: int, params: Params, classes: int, jit):
     tune = params.finetune
-    steps, validation_steps = steps
-    started = time.perf_counter()
-    checkpoint = staging / "checkpoint.keras"
-    mode = "min" if tune.monitor == "val_loss" else "max"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            checkpoint, monitor=tune.monitor, mode=mode, save_best_only=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=tune.monitor, mode=mode, patience=tune.patience, restore_best_weights=True
-        ),
-    ]
-    fit = model.fit(
-        train_data.repeat(),
-        epochs=tune.epochs,
-        steps_per_epoch=steps,
-        validation_data=val_data,
-        validation_steps=validation_steps,
-        shuffle=False,
-        class_weight=class_weights(train.labels, classes),
-        callbacks=callbacks,
-        verbose=2,
+    if tune.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, max(1, steps))
+    model.compile(
+        optimizer=optimizer(rate, weight_decay=tune.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=tune.label_smoothing),
+        metrics=["accuracy", keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes)],
+        jit_compile=jit,
     )
-    checkpoint.replace(staging / "model.keras")
-    write_history(staging / "history.csv", fit.history)
-    scores = np.asarray(fit.history[tune.monitor])
-    best_epoch = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
-    return {
-        "best_epoch": best_epoch + 1,
-        "epochs_run": len(scores),
-        "val_metrics": {
-            key[4:]: float(values[best_epoch])
-            for key, values in fit.history.items()
-            if key.startswith("val_")
-        },
-        "seconds": round(time.perf_counter() - started, 1),
-    }
 
 
-def _one_hot(num_classes: int):
-    import tensorflow as tf
+def _callbacks(params: Params, logs_dir, phase: int) -> list:
+    tune = params.finetune
+    callbacks = []
+    if tune.schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=tune.monitor,
+                mode="min" if tune.monitor == "val_loss" else "max",
+                factor=0.5,
+                patience=tune.plateau_patience,
+            )
+        )
+    if logs_dir:
+        callbacks.append(keras.callbacks.TensorBoard(Path(logs_dir) / f"phase{phase}"))
+    return callbacks
 
-    def convert(volume, label):
-        return volume, tf.one_hot(label, num_classes)
 
-    return convert
+def _training_data(train, shape, num_classes: int, spec, params: Params, replicas: int, epochs):
+    """``data(start_epoch)``: the training batches from that epoch on, one-hot, repeated."""
+    tune = params.finetune
+    options = {"replicas": replicas}
+    if tune.balance == "sampler":
+        options["weights"] = balanced_weights(train.labels)
+
+    def data(start_epoch: int):
+        if tune.augmentation == "online":
+            dataset = online_dataset(
+                train,
+                tune.batch_size,
+                shape,
+                params.augment,
+                params.seed,
+                spec.target_spacing_mm,
+                epochs,
+                start_epoch=start_epoch,
+                **options,
+            )
+        else:
+            dataset = classification_dataset(
+                train,
+                tune.batch_size,
+                shape,
+                epochs=epochs,
+                seed=params.seed,
+                purpose="finetune",
+                start_epoch=start_epoch,
+                **options,
+            )
+        return dataset.map(one_hot(num_classes)).repeat()
+
+    return data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,9 +326,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augmented", required=True)
     parser.add_argument("--preprocessed", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--checkpoints", help="per-epoch checkpoints (resume after a kill)")
+    parser.add_argument("--logs", help="TensorBoard logs")
+    parser.add_argument("--summary", help="the fine-tune summary (a DVC metric)")
     args = parser.parse_args(argv)
     setup_logging()
-    run(args.pretrained, args.augmented, args.preprocessed, args.out, load_params(args.params))
+    run(
+        args.pretrained,
+        args.augmented,
+        args.preprocessed,
+        args.out,
+        load_params(args.params),
+        args.checkpoints,
+        args.logs,
+        args.summary,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 
 import voxelflow.models  # also registers the custom layers for safe_mode loading
+import voxelflow.optimizers  # noqa: F401  (registers LayerwiseAdamW, saved with phase-2 models)
 
 MODEL = "model.keras"
 BUNDLE = "bundle.json"

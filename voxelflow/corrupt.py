@@ -9,6 +9,7 @@ generator, so a copy is reproducible from its seed.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from voxelflow.params import PretrainParams
 
@@ -52,30 +53,59 @@ def _random_box(shape, rng: np.random.Generator, low: float, high: float) -> tup
     return tuple(box)
 
 
-def cutout(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """In-painting (random boxes replaced by noise) or out-painting (all but one box)."""
+def inpaint(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Inner cut-out: 1-3 random boxes (15-35% of each axis) replaced by noise of the
+    volume's statistics; the network in-paints them from their surroundings."""
     noise = rng.normal(volume.mean(), volume.std() + 1e-6, size=volume.shape).astype(volume.dtype)
-    if rng.random() < 0.5:
-        out = volume.copy()
-        for _ in range(int(rng.integers(1, 4))):
-            box = _random_box(volume.shape, rng, 0.15, 0.35)
-            out[box] = noise[box]
-        return out
-    out = noise
+    out = volume.copy()
+    for _ in range(int(rng.integers(1, 4))):
+        box = _random_box(volume.shape, rng, 0.15, 0.35)
+        out[box] = noise[box]
+    return out
+
+
+def outpaint(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Outer cut-out: everything but one random box (50-80% of each axis) replaced by noise;
+    the network out-paints the surroundings from the box."""
+    out = rng.normal(volume.mean(), volume.std() + 1e-6, size=volume.shape).astype(volume.dtype)
     box = _random_box(volume.shape, rng, 0.5, 0.8)
     out[box] = volume[box]
     return out
 
 
+def random_subvolume(
+    volume: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]
+) -> np.ndarray:
+    """A random sub-volume, each axis a fraction in ``scale`` of the volume's, resized
+    (linearly) back to the volume's shape: restoration then sees anatomy at several scales
+    and positions, as Models Genesis's cubes do. ``scale`` (1, 1) returns the volume."""
+    low, high = scale
+    if low >= 1.0:
+        return volume
+    fraction = rng.uniform(low, high)
+    box = _random_box(volume.shape, rng, fraction, fraction)
+    crop = volume[box]
+    factors = [full / part for full, part in zip(volume.shape, crop.shape, strict=True)]
+    out = ndimage.zoom(crop, factors, order=1, mode="nearest", grid_mode=True)
+    return out[tuple(slice(0, size) for size in volume.shape)].astype(volume.dtype)
+
+
 def corrupt(volume: np.ndarray, rng: np.random.Generator, params: PretrainParams) -> np.ndarray:
-    """One corrupted copy of the volume (the restoration target is the volume itself)."""
+    """One corrupted copy of the volume (the restoration target is the volume itself).
+
+    Non-linear intensity, local shuffling and noise each with their own probability, then
+    at most one of in-painting and out-painting (one uniform draw decides).
+    """
     out = volume.astype(np.float32, copy=True)
     if rng.random() < params.intensity_probability:
         out = nonlinear_intensity(out, rng)
     if rng.random() < params.shuffle_probability:
         out = local_shuffle(out, rng)
-    if rng.random() < params.cutout_probability:
-        out = cutout(out, rng)
+    painting = rng.random()
+    if painting < params.inpainting_probability:
+        out = inpaint(out, rng)
+    elif painting < params.inpainting_probability + params.outpainting_probability:
+        out = outpaint(out, rng)
     if params.noise_std > 0:
         out = out + rng.normal(0, params.noise_std, size=out.shape).astype(np.float32)
     return out

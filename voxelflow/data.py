@@ -90,6 +90,28 @@ def epoch_order(count: int, epochs: int, seed: int, purpose: str) -> tuple[np.nd
     return np.concatenate(order).astype(np.int64), np.concatenate(epochs_column).astype(np.int64)
 
 
+def weighted_order(
+    weights: np.ndarray, epochs: int, seed: int, purpose: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`epoch_order`, but each epoch draws ``len(weights)`` examples with
+    replacement, with probabilities proportional to ``weights``; reproducible per epoch."""
+    weights = np.asarray(weights, dtype=float)
+    probabilities = weights / weights.sum()
+    indices, epoch_of = [], []
+    for epoch in range(epochs):
+        rng = rng_for(seed, "sample", purpose, epoch)
+        indices.append(rng.choice(len(weights), size=len(weights), p=probabilities))
+        epoch_of.append(np.full(len(weights), epoch))
+    return np.concatenate(indices), np.concatenate(epoch_of)
+
+
+def balanced_weights(labels: list[int]) -> np.ndarray:
+    """Per-example weights that make every class equally likely in a weighted epoch."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    return 1.0 / counts[labels]
+
+
 def epoch_batches(count: int, batch_size: int, replicas: int = 1) -> list[int]:
     """The batch sizes of one epoch of ``count`` examples: full batches, then the rest.
 
@@ -130,6 +152,8 @@ def make_dataset(
     purpose: str = "",
     shuffle: bool = True,
     replicas: int = 1,
+    start_epoch: int = 0,
+    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """A batched, prefetched dataset of ``make_example(source, index, epoch)`` pairs.
 
@@ -137,16 +161,21 @@ def make_dataset(
     batches (the last one smaller), so ``steps_per_epoch`` of that size keeps Keras's epochs
     aligned with the data's, and on-the-fly augmentation's copy of epoch ``e`` is seen in
     Keras epoch ``e``. With several ``replicas`` the first batch splits evenly between them
-    (:func:`epoch_batches`).
+    (:func:`epoch_batches`). ``start_epoch`` leaves out the epochs before it (a resumed run
+    gets exactly the batches it would have had). ``weights`` (one per example) sample each
+    epoch's ``len(source)`` examples with replacement in proportion to them instead of
+    permuting them (a balanced sampler: see :func:`balanced_weights`).
     """
     sizes = epoch_batches(len(source), batch_size, replicas)
-    if shuffle:
+    if weights is not None:
+        indices, epoch_of = weighted_order(weights, epochs, seed, purpose)
+    elif shuffle:
         indices, epoch_of = epoch_order(len(source), epochs, seed, purpose)
     else:
         indices = np.tile(np.arange(len(source)), epochs)
         epoch_of = np.repeat(np.arange(epochs), len(source))
-    indices = indices.reshape(epochs, len(source))
-    epoch_of = epoch_of.reshape(epochs, len(source))
+    indices = indices.reshape(epochs, len(source))[start_epoch:]
+    epoch_of = epoch_of.reshape(epochs, len(source))[start_epoch:]
 
     def load(index, epoch):
         return make_example(source, int(index), int(epoch))
@@ -175,3 +204,12 @@ def classification_dataset(
 ) -> tf.data.Dataset:
     signature = (tf.TensorSpec((*shape, 1), tf.float32), tf.TensorSpec((), tf.int32))
     return make_dataset(source, batch_size, labelled_example, signature, **kwargs)
+
+
+def one_hot(num_classes: int):
+    """A ``Dataset.map`` function: (volume, class index) -> (volume, one-hot label)."""
+
+    def convert(volume, label):
+        return volume, tf.one_hot(label, num_classes)
+
+    return convert

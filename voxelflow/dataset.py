@@ -7,6 +7,7 @@ the ``.npy`` file relative to ``<dir>``); ``<dir>/preprocess.json`` holds the ex
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -46,3 +47,14 @@ def load_array(directory: str | Path, row: dict[str, str], mmap: bool = False) -
 def class_names(directory: str | Path) -> list[str]:
     """The class list that ingest recorded (travels through preprocess.json)."""
     return list(json.loads((Path(directory) / SPEC).read_text())["classes"])
+
+
+def data_digest(directory: str | Path, splits: tuple[str, ...] | None = None) -> str:
+    """A hash of what a training run reads from a preprocessed folder: its spec and the id,
+    split, label and voxel content of every volume of ``splits``."""
+    digest = hashlib.sha256((Path(directory) / SPEC).read_bytes())
+    for row in sorted(read_index(directory, splits), key=lambda row: row["id"]):
+        digest.update(
+            "|".join(row.get(key, "") for key in ("id", "split", "label", "content")).encode()
+        )
+    return digest.hexdigest()

@@ -36,7 +36,7 @@ from voxelflow.nifti import (
 )
 from voxelflow.params import IngestParams
 from voxelflow.runtime import iter_items
-from voxelflow.seeding import derive_seed
+from voxelflow.seeding import derive_seed, unit_hash
 from voxelflow.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -277,12 +277,14 @@ def ingest_folder(
     accepted = [row for row in accepted if row["split"] == UNLABELLED] + labelled
     classes = params.classes or sorted({row["label"] for row in labelled})
     moved = _apply_splits(labelled, params, seed)
+    hidden = _hide_training_labels(labelled, params.label_fraction, seed)
     _check_coverage(labelled, classes, data_dir)
     order = {"train": 0, "val": 1, "test": 2, UNLABELLED: 3}
     accepted.sort(key=lambda row: (order[row["split"]], row["id"]))
     report = _report(accepted, rejected, classes)
     report["classes_from"] = "params" if params.classes else "inferred from the table"
     report["split_moves"] = moved
+    report["labels_hidden"] = hidden
     fingerprint = {
         "split": "train",
         **summarize([stats[row["id"]] for row in accepted if row["split"] == "train"]),
@@ -381,6 +383,27 @@ def _apply_splits(rows: list[dict], params: IngestParams, seed: int) -> list[str
     for row in rows:
         row["split"] = assignment[row["subject"]]
     return moved
+
+
+def _hide_training_labels(rows: list[dict], fraction: float, seed: int) -> int:
+    """Moves the training subjects outside ``fraction`` (by a hash of seed and subject, at
+    least one subject kept per class) to the unlabelled pool; returns the volumes moved."""
+    if fraction >= 1:
+        return 0
+    subjects: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["split"] == "train":
+            subjects[row["label"]][row["subject"]] = unit_hash(seed, "labels", row["subject"])
+    kept = set()
+    for ranked in subjects.values():
+        chosen = {subject for subject, value in ranked.items() if value < fraction}
+        kept |= chosen or {min(ranked, key=ranked.get)}
+    hidden = 0
+    for row in rows:
+        if row["split"] == "train" and row["subject"] not in kept:
+            row["split"], row["label"] = UNLABELLED, ""
+            hidden += 1
+    return hidden
 
 
 def _report(accepted: list[dict], rejected: list[Rejection], classes: list[str]) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 from keras import layers, ops
@@ -510,3 +511,57 @@ def leaf_layers(model: keras.Model):
         else:
             yield layer
 
+
+def _find_encoder(model: keras.Model) -> keras.Model | None:
+    if model.name == "encoder":
+        return model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found = _find_encoder(layer)
+            if found is not None:
+                return found
+    return None
+
+
+def load_encoder_weights(encoder: keras.Model, path: str | Path) -> dict:
+    """Copies the weights of the encoder saved in ``path`` into ``encoder``, layer by layer.
+
+    Args:
+        encoder: built from params.
+        path: a ``.keras`` model that is an encoder of this module or holds one named
+            ``encoder`` (a pretrained encoder, a classifier bundle's model.keras).
+
+    Raises:
+        ValueError: the file is missing or not a ``.keras`` model, holds no encoder, or its
+            layers do not match by name and weight shapes (every mismatch is listed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pretrain.weights {path}: not found")
+    if path.suffix != ".keras":
+        raise ValueError(f"pretrain.weights {path}: expected a .keras model file")
+    try:
+        saved = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # noqa: BLE001 - any load failure is the file's fault
+        raise ValueError(f"pretrain.weights {path}: cannot load: {error}") from None
+    source = _find_encoder(saved)
+    if source is None:
+        raise ValueError(f"pretrain.weights {path}: holds no model named 'encoder'")
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    ours = {layer.name: layer for layer in encoder.layers if layer.weights}
+    problems = [f"{name}: not in the file" for name in ours if name not in theirs]
+    problems += [f"{name}: in the file, not in this encoder" for name in theirs if name not in ours]
+    for name in set(ours) & set(theirs):
+        mine = [tuple(weight.shape) for weight in ours[name].weights]
+        other = [tuple(weight.shape) for weight in theirs[name].weights]
+        if mine != other:
+            problems.append(f"{name}: shapes {other} in the file, {mine} here")
+    if problems:
+        shown = "; ".join(sorted(problems)[:8])
+        more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise ValueError(
+            f"pretrain.weights {path}: does not fit the encoder of params.model: {shown}{more}"
+        )
+    for name, layer in ours.items():
+        layer.set_weights(theirs[name].get_weights())
+    return {"path": str(path), "layers": len(ours)}

@@ -44,9 +44,10 @@ def online_dataset(
     spacing_mm: tuple[float, float, float],
     epochs: int,
     purpose: str = "finetune",
-    replicas: int = 1,
+    **options,
 ) -> tf.data.Dataset:
-    """Batches of freshly augmented training volumes with their labels, for ``epochs``."""
+    """Batches of freshly augmented training volumes with their labels, for ``epochs``;
+    ``options`` go to :func:`voxelflow.data.make_dataset` (replicas, start_epoch, weights)."""
     signature = (tf.TensorSpec((*shape, 1), tf.float32), tf.TensorSpec((), tf.int32))
     example = augmented_example(params, seed, spacing_mm)
     return make_dataset(
@@ -57,5 +58,5 @@ def online_dataset(
         epochs=epochs,
         seed=seed,
         purpose=purpose,
-        replicas=replicas,
+        **options,
     )

@@ -106,6 +106,9 @@ class IngestParams(Section):
     min_size: int = Field(4, ge=1)
     volume_index: int | None = Field(None, ge=0)
     non_finite: Literal["reject", "repair"] = "reject"
+    # keep the labels of this fraction of the training subjects (at least one per class);
+    # the others join the unlabelled pool (label-scarce experiments)
+    label_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
 class DataParams(Section):
@@ -271,16 +274,48 @@ class TrainingParams(Section):
 
 
 class PretrainParams(Section):
-    """Self-supervised restoration pretraining of the encoder."""
+    """Pretraining of the encoder: self-supervised restoration (Models Genesis) on the
+    training and unlabelled volumes, supervised on another labelled dataset, or none."""
 
-    mode: Literal["self_supervised", "none"] = "self_supervised"
+    mode: Literal["self_supervised", "supervised", "none"] = "self_supervised"
     epochs: int = Field(8, ge=0)
     batch_size: int = Field(8, ge=1)
     learning_rate: PositiveFloat = 1e-3
-    cutout_probability: Probability = 0.5
-    shuffle_probability: Probability = 0.5
+    # self-supervised: a random sub-volume of this fraction of each axis, resized to the
+    # input shape, is what gets corrupted and restored; [1, 1] for the whole volume
+    subvolume_scale: tuple[
+        Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]
+    ] = (
+        0.6,
+        1.0,
+    )
     intensity_probability: Probability = 0.9
+    shuffle_probability: Probability = 0.5
+    inpainting_probability: Probability = 0.25
+    outpainting_probability: Probability = 0.25
     noise_std: Annotated[float, Field(ge=0)] = 0.1
+    # supervised: a preprocessed folder of another labelled dataset (manifest.csv + arrays
+    # + preprocess.json, same target shape), e.g. written by `python -m stages.preprocess`
+    source_dir: str | None = None
+    # start from these encoder weights (a .keras model holding an `encoder`, or an encoder)
+    weights: str | None = None
+
+    @field_validator("subvolume_scale")
+    @classmethod
+    def _scale(cls, value):
+        return _ordered_range(value, "subvolume_scale")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainParams:
+        if self.inpainting_probability + self.outpainting_probability > 1:
+            raise ValueError(
+                "inpainting_probability + outpainting_probability must be <= 1 (at most one "
+                f"of the two per copy), got {self.inpainting_probability} + "
+                f"{self.outpainting_probability}"
+            )
+        if self.mode == "supervised" and not self.source_dir:
+            raise ValueError("mode: supervised needs source_dir, a preprocessed labelled folder")
+        return self
 
 
 class FinetuneParams(Section):
@@ -295,8 +330,30 @@ class FinetuneParams(Section):
     include_originals: bool = True
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
     patience: int = Field(10, ge=1)
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    # the validation metric that picks the bundled epoch and stops early; val_auc: macro
+    # one-vs-rest ROC AUC
+    monitor: Literal["val_loss", "val_accuracy", "val_auc"] = "val_loss"
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    # imbalanced labels: class_weight (loss weights) | sampler (class-balanced epochs,
+    # drawn with replacement) | none
+    balance: Literal["class_weight", "sampler", "none"] = "class_weight"
+    schedule: Literal["cosine", "plateau"] = "cosine"  # plateau: halve on no improvement
+    plateau_patience: int = Field(3, ge=1)
+    # phase 2: unfreeze the last N frozen blocks and train phase2_epochs more at a lower
+    # rate; each block further from the head gets layer_decay times the rate of the next
+    phase2_epochs: int = Field(0, ge=0)
+    unfreeze_blocks: int = Field(0, ge=0)
+    phase2_learning_rate: PositiveFloat = 1e-4
+    layer_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    @model_validator(mode="after")
+    def _phase2(self) -> FinetuneParams:
+        if bool(self.phase2_epochs) != bool(self.unfreeze_blocks):
+            raise ValueError(
+                "phase2_epochs and unfreeze_blocks go together (both 0: no phase 2), got "
+                f"phase2_epochs={self.phase2_epochs}, unfreeze_blocks={self.unfreeze_blocks}"
+            )
+        return self
 
 
 class EvaluateParams(Section):
@@ -332,6 +389,12 @@ class Params(Section):
             raise ValueError(
                 f"finetune.frozen_blocks={frozen} exceeds the encoder's {len(names)} blocks "
                 "(stem + model.blocks_per_stage)"
+            )
+        count = frozen if isinstance(frozen, int) else len(frozen)
+        if self.finetune.unfreeze_blocks > count:
+            raise ValueError(
+                f"finetune.unfreeze_blocks={self.finetune.unfreeze_blocks} exceeds the "
+                f"{count} frozen blocks (finetune.frozen_blocks)"
             )
         if isinstance(frozen, list) and set(frozen) - set(names):
             raise ValueError(

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from voxelflow.atomic import write_csv
 from voxelflow.params import Params, params_dict
@@ -42,3 +43,17 @@ def write_history(
         row.update({key: round(float(history[key][epoch]), 6) for key in keys})
         rows.append(row)
     write_csv(path, rows, ["epoch", *(extra or {}), *keys])
+
+
+def run_key(params: Params, data: str, stage: str) -> str:
+    """What makes two training runs the same: the params, the data read, the stage."""
+    return hashlib.sha256(f"{stage}|{params_hash(params)}|{data}".encode()).hexdigest()
+
+
+def class_weights(labels: list[int], classes: list[str]) -> dict[int, float]:
+    """Weights inversely proportional to class frequency (mean weight 1 over the samples)."""
+    counts = np.bincount(np.asarray(labels), minlength=len(classes)).astype(float)
+    if np.any(counts == 0):
+        missing = [classes[index] for index, count in enumerate(counts) if count == 0]
+        raise ValueError(f"classes {missing} have no training volume")
+    return {index: float(len(labels) / (len(classes) * n)) for index, n in enumerate(counts)}

@@ -10,6 +10,7 @@ from stages import evaluate, finetune, pretrain
 from voxelflow.bundle import load_bundle
 from voxelflow.data import preprocessed_source
 from voxelflow.dataset import read_rows
+from voxelflow.training import class_weights
 
 
 @pytest.fixture(scope="module")
@@ -118,19 +119,24 @@ def test_finetune_refuses_encoder_of_other_shape(trained, tmp_path):
 
 
 def test_class_weights_balance_and_missing_class():
-    weights = finetune.class_weights([0, 0, 0, 1], ["a", "b"])
+    weights = class_weights([0, 0, 0, 1], ["a", "b"])
     assert weights[1] == 3 * weights[0]
     with pytest.raises(ValueError, match=r"classes \['b'\] have no training volume"):
-        finetune.class_weights([0, 0], ["a", "b"])
+        class_weights([0, 0], ["a", "b"])
 
 
-def test_restoration_pair_targets_the_original_and_is_reproducible(tiny_data, tiny_params):
+def test_restoration_pair_targets_a_subvolume_and_is_reproducible(tiny_data, tiny_params):
     source = pretrain.pretraining_source(tiny_data["preprocessed"])
-    example = pretrain.restoration_pair(tiny_params, seed=1)
-    corrupted, original = example(source, 0, 0)
+    whole = tiny_params.model_copy(deep=True)
+    whole.pretrain.subvolume_scale = (1.0, 1.0)
+    corrupted, original = pretrain.restoration_pair(whole, seed=1)(source, 0, 0)
     assert corrupted.shape == original.shape == (16, 16, 16, 1)
-    assert np.array_equal(original[..., 0], source.read(0))
+    assert np.array_equal(original[..., 0], source.read(0))  # scale 1: the whole volume
     assert not np.allclose(corrupted, original)
+
+    example = pretrain.restoration_pair(tiny_params, seed=1)  # sub-volumes of 60-100%
+    corrupted, target = example(source, 0, 0)
+    assert target.shape == (16, 16, 16, 1) and not np.array_equal(target[..., 0], source.read(0))
     assert np.array_equal(example(source, 0, 0)[0], corrupted)
     assert not np.array_equal(example(source, 0, 1)[0], corrupted)  # a new corruption each epoch
 
@@ -141,7 +147,7 @@ def test_stage_refuses_to_replace_a_folder_of_other_files(
     (tmp_path / "thesis.txt").write_text("precious")
     with pytest.raises(ValueError, match="not empty and not a previous output"):
         evaluate.run(
-            trained / "classifier", tiny_data["preprocessed"], tmp_path, tmp_path / "p", tiny_params
+            trained / "classifier", tiny_data["preprocessed"], tmp_path / "m", tmp_path, tiny_params
         )
     assert (tmp_path / "thesis.txt").read_text() == "precious"
 
@@ -160,3 +166,111 @@ def test_finetune_online_augmentation(trained, tiny_data, tiny_params, tmp_path)
     train_volumes = len(read_rows(tiny_data["ingested"] / "manifest.csv"))
     assert bundle["params"]["finetune"]["augmentation"] == "online"
     assert 0 < bundle["train_samples"] < train_volumes  # the originals, not the cache copies
+
+
+def _encoder_weights(path) -> dict[str, list[np.ndarray]]:
+    model = keras.saving.load_model(path, safe_mode=True)
+    encoder = model if model.name == "encoder" else model.get_layer("encoder")
+    return {layer.name: layer.get_weights() for layer in encoder.layers if layer.weights}
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_frozen_blocks_keep_their_pretrained_weights(trained):
+    pretrained = _encoder_weights(trained / "pretrained" / "encoder.keras")
+    tuned = _encoder_weights(trained / "classifier" / "model.keras")
+    assert _same(tuned["stem_conv"], pretrained["stem_conv"])  # frozen_blocks: 1
+    assert not _same(tuned["stage2_block1_conv1"], pretrained["stage2_block1_conv1"])
+
+
+def _with(params_dict: dict, section: str, **values):
+    from voxelflow.params import parse_params
+
+    data = json.loads(json.dumps(params_dict))
+    data[section] = {**data.get(section, {}), **values}
+    return parse_params(data)
+
+
+def test_phase_two_unfreezes_blocks_with_a_balanced_sampler(
+    trained, tiny_data, tiny_params_dict, tmp_path
+):
+    params = _with(
+        tiny_params_dict,
+        "finetune",
+        epochs=1,
+        phase2_epochs=1,
+        frozen_blocks=2,
+        unfreeze_blocks=1,
+        balance="sampler",
+        schedule="plateau",
+        layer_decay=0.5,
+    )
+    bundle = finetune.run(
+        trained / "pretrained",
+        tiny_data["augmented"],
+        tiny_data["preprocessed"],
+        tmp_path / "classifier",
+        params,
+        summary_path=tmp_path / "finetune.json",
+    )
+    assert [phase["frozen_blocks"] for phase in bundle["phases"]] == [
+        ["stem", "stage1_block1"],
+        ["stem"],
+    ]
+    assert bundle["epochs_run"] == 2
+    pretrained = _encoder_weights(trained / "pretrained" / "encoder.keras")
+    tuned = _encoder_weights(tmp_path / "classifier" / "model.keras")
+    assert _same(tuned["stem_conv"], pretrained["stem_conv"])
+    summary = json.loads((tmp_path / "finetune.json").read_text())
+    assert summary["phases"] == 2 and summary["epochs_run"] == 2
+    assert 1 <= summary["best_epoch"] <= 2 and "best_val_loss" in summary
+    if bundle["best_epoch"] == 2:  # the bundled epoch is phase 2's: stage1_block1 moved
+        assert not _same(tuned["stage1_block1_conv1"], pretrained["stage1_block1_conv1"])
+
+
+def test_encoder_weights_load_by_layer_name_and_mismatches_are_listed(trained, tiny_params):
+    from voxelflow import models
+
+    encoder = models.encoder_from_params(tiny_params.model, (16, 16, 16, 1))
+    result = models.load_encoder_weights(encoder, trained / "classifier" / "model.keras")
+    tuned = _encoder_weights(trained / "classifier" / "model.keras")
+    assert result["layers"] == len(tuned)
+    for layer in encoder.layers:
+        if layer.weights:
+            assert _same(layer.get_weights(), tuned[layer.name])
+    wider = models.build_encoder((16, 16, 16, 1), "resnet", 8, [1, 1], "none")
+    with pytest.raises(ValueError, match=r"stem_conv: shapes \[\(3, 3, 3, 1, 4\), \(4,\)\]"):
+        models.load_encoder_weights(wider, trained / "pretrained" / "encoder.keras")
+    deeper = models.build_encoder((16, 16, 16, 1), "resnet", 4, [1, 1, 1], "none")
+    with pytest.raises(ValueError, match="stage3_block1_conv1: not in the file"):
+        models.load_encoder_weights(deeper, trained / "pretrained" / "encoder.keras")
+
+
+def test_supervised_pretraining_on_another_dataset_never_on_our_held_out_volumes(
+    trained, tiny_data, tiny_params_dict, tmp_path
+):
+    import shutil
+
+    from voxelflow.atomic import write_csv
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_data["preprocessed"], source)
+    params = _with(tiny_params_dict, "pretrain", mode="supervised", source_dir=str(source))
+    with pytest.raises(ValueError, match="in our validation or test split"):
+        pretrain.run(tiny_data["preprocessed"], tmp_path / "pretrained", params)
+    rows = [row for row in read_rows(source / "index.csv") if row["split"] == "train"]
+    write_csv(source / "index.csv", rows, list(rows[0]))
+    summary = pretrain.run(tiny_data["preprocessed"], tmp_path / "pretrained", params)
+    assert summary["mode"] == "supervised" and summary["volumes"] == len(rows)
+    assert summary["source_classes"] == ["normal", "lesion", "atrophy"]
+    assert np.isfinite(summary["final_loss"])
+
+    weights = str(tmp_path / "pretrained" / "encoder.keras")
+    params = _with(tiny_params_dict, "pretrain", mode="none", weights=weights)
+    summary = pretrain.run(tiny_data["preprocessed"], tmp_path / "copied", params)
+    assert summary["weights"]["layers"] > 0
+    first = _encoder_weights(tmp_path / "pretrained" / "encoder.keras")
+    copied = _encoder_weights(tmp_path / "copied" / "encoder.keras")
+    assert all(_same(copied[name], first[name]) for name in first)

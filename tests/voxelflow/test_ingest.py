@@ -219,3 +219,34 @@ def test_two_rows_for_one_file_and_clashing_unlabelled_names(tmp_path):
     assert reasons["unlabelled/u1.nii.gz"] == "id 'u1' is already used by unlabelled/u1.nii"
     assert "by the labels table (row 2)" in reasons["unlabelled/s0_1.nii"]
     assert "characters other than" in reasons["unlabelled/scan 2.nii"]
+
+
+def test_label_fraction_moves_training_subjects_to_the_unlabelled_pool(
+    tiny_data, tiny_params_dict, tmp_path
+):
+    import json as json_module
+
+    from stages import ingest as ingest_stage
+    from voxelflow.dataset import read_rows
+    from voxelflow.params import parse_params
+
+    data = json_module.loads(json_module.dumps(tiny_params_dict))
+    full = parse_params(data)
+    data["ingest"]["label_fraction"] = 0.3
+    scarce = parse_params(data)
+    raw = tiny_data["raw"]
+    ingest_stage.run(raw, raw / "labels.csv", tmp_path / "full", full, workers=1)
+    report = ingest_stage.run(raw, raw / "labels.csv", tmp_path / "scarce", scarce, workers=1)
+    before = {row["id"]: row for row in read_rows(tmp_path / "full" / "manifest.csv")}
+    after = {row["id"]: row for row in read_rows(tmp_path / "scarce" / "manifest.csv")}
+    assert before.keys() == after.keys()
+    moved = [key for key in after if after[key]["split"] != before[key]["split"]]
+    assert moved and report["labels_hidden"] == len(moved)
+    for key in moved:  # only training volumes move, their labels hidden
+        assert before[key]["split"] == "train"
+        assert after[key]["split"] == "unlabelled" and after[key]["label"] == ""
+    for key, row in after.items():
+        if before[key]["split"] in ("val", "test"):
+            assert row == before[key]
+    kept = {row["label"] for row in after.values() if row["split"] == "train"}
+    assert kept == set(full.ingest.classes)  # at least one subject per class keeps its label

@@ -106,3 +106,20 @@ def test_model_layouts_heads_and_training_devices():
     # a layout name counts its blocks for finetune.frozen_blocks too
     with pytest.raises(ValueError, match="exceeds the encoder's 5 blocks"):
         parse_params({"model": {"blocks_per_stage": "resnet10"}, "finetune": {"frozen_blocks": 6}})
+
+
+def test_pretraining_and_fine_tuning_params_are_checked():
+    with pytest.raises(ValueError, match="inpainting_probability \\+ outpainting_probability"):
+        parse_params({"pretrain": {"inpainting_probability": 0.7, "outpainting_probability": 0.5}})
+    with pytest.raises(ValueError, match="mode: supervised needs source_dir"):
+        parse_params({"pretrain": {"mode": "supervised"}})
+    with pytest.raises(ValueError, match="subvolume_scale must be \\[low, high\\]"):
+        parse_params({"pretrain": {"subvolume_scale": [0.9, 0.5]}})
+    with pytest.raises(ValueError, match="phase2_epochs and unfreeze_blocks go together"):
+        parse_params({"finetune": {"phase2_epochs": 3}})
+    with pytest.raises(ValueError, match="unfreeze_blocks=2 exceeds the 1 frozen blocks"):
+        parse_params({"finetune": {"phase2_epochs": 3, "unfreeze_blocks": 2}})
+    tune = parse_params(
+        {"finetune": {"monitor": "val_auc", "balance": "sampler", "schedule": "plateau"}}
+    ).finetune
+    assert (tune.monitor, tune.balance, tune.schedule) == ("val_auc", "sampler", "plateau")
