@@ -25,6 +25,7 @@ best validation metric, wall time) to ``--summary`` (a DVC metric); TensorBoard 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import shutil
 import time
@@ -193,6 +194,11 @@ def run(
                 {"phase": 2, "frozen_blocks": still_frozen, "epochs_run": _epochs(second)}
             )
             history = {key: history.get(key, []) + second.get(key, []) for key in history}
+        if not checkpoints.best.is_file():
+            raise ValueError(
+                f"finetune: no epoch gave a finite {tune.monitor}; nothing to bundle "
+                f"(history: {history.get(tune.monitor)})"
+            )
         with atomic_dir(placement.output_dir(out_dir), OUTPUTS) as staging:
             shutil.copyfile(checkpoints.best, staging / "model.keras")
             best = keras.saving.load_model(staging / "model.keras", safe_mode=True)
@@ -244,8 +250,6 @@ def _epochs(history: dict) -> int:
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
