@@ -123,3 +123,17 @@ def test_pretraining_and_fine_tuning_params_are_checked():
         {"finetune": {"monitor": "val_auc", "balance": "sampler", "schedule": "plateau"}}
     ).finetune
     assert (tune.monitor, tune.balance, tune.schedule) == ("val_auc", "sampler", "plateau")
+
+
+def test_the_example_params_name_every_key_of_the_repository_params():
+    """`cp examples/.../params.yaml params.yaml` must leave no key dvc.yaml depends on."""
+    import yaml
+
+    main = yaml.safe_load((REPO / "params.yaml").read_text())
+    example = yaml.safe_load((REPO / "examples" / "adrenalmnist3d" / "params.yaml").read_text())
+    missing = [section for section in main if section not in example]
+    for section, values in main.items():
+        if isinstance(values, dict) and section in example:
+            missing += [f"{section}.{key}" for key in values if key not in example[section]]
+    assert missing == []
+    load_params(REPO / "examples" / "adrenalmnist3d" / "params.yaml")
