@@ -25,7 +25,6 @@ best validation metric, wall time) to ``--summary`` (a DVC metric); TensorBoard 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shutil
 import time
@@ -35,7 +34,7 @@ import keras
 import numpy as np
 
 from voxelflow import models
-from voxelflow.atomic import atomic_dir, write_json
+from voxelflow.atomic import atomic_dir, file_sha256, write_json
 from voxelflow.data import (
     balanced_weights,
     cache_source,
@@ -104,7 +103,7 @@ def run(
         )
     encoder_file = Path(pretrained_dir) / "encoder.keras"
     if encoder_file.is_file():
-        digest += _file_digest(encoder_file)
+        digest += file_sha256(encoder_file)
     checkpoints = Checkpoints(
         checkpoints_dir or Path(out_dir).with_name(Path(out_dir).name + ".checkpoints"),
         run_key(params, digest, "finetune"),
@@ -249,13 +248,9 @@ def _epochs(history: dict) -> int:
     return len(next(iter(history.values()), []))
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _cache_digest(augmented_dir: str | Path) -> str:
     path = Path(augmented_dir) / "provenance.jsonl"
-    return _file_digest(path) if path.is_file() else ""
+    return file_sha256(path) if path.is_file() else ""
 
 
 def _compile(model, optimizer, rate: float, steps: int, params: Params, classes: int, jit):

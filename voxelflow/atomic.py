@@ -6,6 +6,7 @@ A crashed stage therefore leaves the previous artifact or none, never half a fil
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -119,3 +120,12 @@ def check_replaceable(
             f"{out_dir}: not empty and not a previous output of this command "
             f"(found {unexpected[:5]}); refusing to replace it; choose an empty or new folder"
         )
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from voxelflow.models import leaf_layers
+from voxelflow.models import block_of, leaf_layers
 
 # Layers that change neither where a voxel is nor what it sees.
 POINTWISE = (
@@ -201,9 +201,7 @@ def summarize(model: keras.Model, spacing_mm=None, input_fields: list[Field] | N
     blocks: dict[str, int] = {}
     for name, macs in trace.macs.items():
         *path, last = name.split("/")
-        parts = last.split("_")
-        block = "_".join(parts[:2]) if parts[0].startswith("stage") else parts[0]
-        key = "/".join([*path, block])
+        key = "/".join([*path, block_of(last) or last.split("_")[0]])
         blocks[key] = blocks.get(key, 0) + macs
     summary["macs_by_block"] = blocks
     return summary

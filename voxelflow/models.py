@@ -312,7 +312,7 @@ def stage_outputs(encoder: keras.Model) -> list:
     stage, then the stem's (the skip connections of a U-Net-style decoder)."""
     last: dict[str, object] = {}
     for layer in encoder.layers:
-        block = _block_of(layer.name)
+        block = block_of(layer.name)
         if block is not None:
             last[block.split("_")[0]] = layer.output
     if "stem" not in last or len(last) < 2:
@@ -438,7 +438,8 @@ def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model
     return keras.Model(inputs, decoder(pyramid(inputs)), name="autoencoder")
 
 
-def _block_of(layer_name: str) -> str | None:
+def block_of(layer_name: str) -> str | None:
+    """The encoder block a layer belongs to (``stem``, ``stage2_block1``), None outside."""
     if layer_name.startswith("stem"):
         return "stem"
     if layer_name.startswith("stage"):
@@ -450,7 +451,7 @@ def encoder_blocks(encoder: keras.Model) -> list[str]:
     """The encoder's block names in order, read from its layer names."""
     names: list[str] = []
     for layer in encoder.layers:
-        block = _block_of(layer.name)
+        block = block_of(layer.name)
         if block and block not in names:
             names.append(block)
     return names
@@ -483,7 +484,7 @@ def freeze_blocks(encoder: keras.Model, blocks: int | list[str]) -> list[str]:
         frozen = set(blocks)
     encoder.trainable = True
     for layer in encoder.layers:
-        layer.trainable = _block_of(layer.name) not in frozen
+        layer.trainable = block_of(layer.name) not in frozen
     return [name for name in names if name in frozen]
 
 

@@ -10,7 +10,6 @@ a whole (:func:`voxelflow.atomic.atomic_dir`): an error leaves the previous outp
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import zipfile
@@ -22,7 +21,7 @@ from typing import IO, TypeVar
 
 import numpy as np
 
-from voxelflow.atomic import atomic_dir, check_replaceable, write_csv, write_json
+from voxelflow.atomic import atomic_dir, check_replaceable, file_sha256, write_csv, write_json
 from voxelflow.labels import SAFE_NAME
 from voxelflow.nifti import save_volume
 
@@ -51,14 +50,6 @@ class ArrayHeader:
 def case_id(split: str, index: int) -> str:
     """The id of a case: its official split and its row in that split, ``train_00042``."""
     return f"{split}_{index:05d}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def spacing_triple(spacing_mm: float | Sequence[float]) -> tuple[float, float, float]:

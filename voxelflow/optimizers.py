@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from voxelflow.models import PACKAGE, encoder_blocks, leaf_layers
+from voxelflow.models import PACKAGE, block_of, encoder_blocks, leaf_layers
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -50,8 +50,7 @@ def block_rate_multipliers(encoder: keras.Model, decay: float) -> dict[str, floa
     distance = {block: len(blocks) - index for index, block in enumerate(blocks)}
     multipliers = {}
     for layer in leaf_layers(encoder):
-        parts = layer.name.split("_")
-        block = "stem" if parts[0] == "stem" else "_".join(parts[:2])
+        block = block_of(layer.name)
         if block in distance:
             for variable in layer.trainable_weights:
                 multipliers[variable.path] = decay ** distance[block]
