@@ -32,17 +32,20 @@ if kill:
 
     keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
 
-from stages import finetune
+from stages import finetune, pretrain
 from voxelflow.params import parse_params
 
 paths = json.loads(sys.argv[1])
 params = parse_params(json.loads(Path(paths["params"]).read_text()))
-finetune.run(paths["pretrained"], paths["augmented"], paths["preprocessed"], paths["out"],
-             params, paths["checkpoints"], None, paths["summary"])
+if paths.get("stage") == "pretrain":
+    pretrain.run(paths["preprocessed"], paths["out"], params, paths["checkpoints"])
+else:
+    finetune.run(paths["pretrained"], paths["augmented"], paths["preprocessed"], paths["out"],
+                 params, paths["checkpoints"], None, paths["summary"])
 """
 
 
-def _finetune(paths: dict, kill: str | None = None) -> int:
+def _stage(paths: dict, kill: str | None = None) -> int:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     if kill:
         env["KILL_AFTER"] = kill
@@ -98,15 +101,15 @@ def test_a_killed_finetune_resumes_to_the_same_weights(
     )
     params["model"]["dropout"] = 0.3  # dropout masks must replay too
     whole = _paths(tmp_path / "whole", tiny_data, pretrained, params)
-    _finetune(whole)
+    _stage(whole)
 
     killed = _paths(tmp_path / "killed", tiny_data, pretrained, params)
-    assert _finetune(killed, kill) == -signal.SIGKILL
+    assert _stage(killed, kill) == -signal.SIGKILL
     phase, epochs = kill.split(":")
     assert not (tmp_path / "killed" / "classifier").exists()  # nothing half-written
     metadata = list((tmp_path / "killed" / "checkpoints").glob(f"*/{phase}/*metadata.json"))
     assert json.loads(metadata[0].read_text())["epoch"] == int(epochs)
-    _finetune(killed)
+    _stage(killed)
 
     resumed = keras.saving.load_model(tmp_path / "killed" / "classifier" / "model.keras")
     uninterrupted = keras.saving.load_model(tmp_path / "whole" / "classifier" / "model.keras")
@@ -132,3 +135,27 @@ def test_checkpoints_of_another_run_are_removed(tmp_path):
     (tmp_path / ("a" * 16) / "phase1").mkdir()
     Checkpoints(tmp_path, "b" * 64)
     assert [path.name for path in tmp_path.iterdir()] == ["b" * 16]
+
+
+def test_a_killed_pretraining_resumes_to_the_same_encoder(tiny_data, tiny_params_dict, tmp_path):
+    params = json.loads(json.dumps(tiny_params_dict))
+    params["pretrain"].update(epochs=3, mode="self_supervised")
+    runs = {}
+    for name, kill in (("whole", None), ("killed", "pretrain:2")):
+        paths = _paths(tmp_path / name, tiny_data, None, params)
+        paths.update(stage="pretrain", out=str(tmp_path / name / "pretrained"))
+        if kill:
+            assert _stage(paths, kill) == -signal.SIGKILL
+            assert not (tmp_path / name / "pretrained").exists()  # nothing half-written
+            saved = list((tmp_path / name / "checkpoints").glob("*/pretrain/*metadata.json"))
+            assert json.loads(saved[0].read_text())["epoch"] == 2
+        _stage(paths)
+        runs[name] = tmp_path / name / "pretrained"
+
+    resumed = keras.saving.load_model(runs["killed"] / "encoder.keras")
+    uninterrupted = keras.saving.load_model(runs["whole"] / "encoder.keras")
+    pairs = list(zip(resumed.weights, uninterrupted.weights, strict=True))
+    assert [w.path for w, o in pairs if not np.array_equal(w.numpy(), o.numpy())] == []
+    history = (runs["killed"] / "history.csv").read_text()
+    assert history == (runs["whole"] / "history.csv").read_text()
+    assert len(history.splitlines()) == 1 + 3  # every epoch once
