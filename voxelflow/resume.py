@@ -14,7 +14,10 @@ checkpoint of another run is never resumed from, and is deleted. On success the 
 between ``dvc repro`` attempts.
 
 The best epoch by the monitored metric is kept in ``best.keras`` across phases and
-restarts, and early stopping counts epochs since the best across restarts too.
+restarts (a later phase replaces it only with a better epoch; it is written beside and
+renamed into place), and early stopping counts epochs since the best across restarts
+(a new phase starts its patience afresh). The epoch's checkpoint is the last thing an epoch
+writes: a kill before it redoes the epoch, a kill after it loses nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +97,22 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
             self.best = self._best_so_far
 
 
+class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes the best model beside its path and renames it into
+    place: a kill while saving leaves the previous best, never a truncated file."""
+
+    def __init__(self, filepath: Path, **kwargs):
+        self.final = Path(filepath)
+        super().__init__(self.final.with_name(f".partial-{self.final.name}"), **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        partial = Path(self.filepath)
+        partial.unlink(missing_ok=True)
+        super().on_epoch_end(epoch, logs)
+        if partial.is_file():
+            os.replace(partial, self.final)
+
+
 class Checkpoints:
     """The persistent checkpoints of one run under ``root``."""
 
@@ -124,9 +143,7 @@ class Checkpoints:
             rows = {int(row["epoch"]): row for row in csv.DictReader(handle)}
         rows = {epoch: row for epoch, row in rows.items() if epoch < self.done(phase)}
         keys = [key for key in next(iter(rows.values()), {}) if key != "epoch"]
-        history = {
-            key: [_number(rows[epoch][key]) for epoch in sorted(rows)] for key in keys
-        }
+        history = {key: [_number(rows[epoch][key]) for epoch in sorted(rows)] for key in keys}
         return {key: values for key, values in history.items() if not np.all(np.isnan(values))}
 
     def fit(
@@ -170,24 +187,20 @@ class Checkpoints:
         if start:
             log.info("%s: resuming after epoch %d of %d", phase, start, epochs)
         folder.mkdir(parents=True, exist_ok=True)
-        extra = [
-            EpochSeeds(seed),
-            EpochLog(folder / "history.csv"),
-            keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False),
-        ]
+        extra: list = [EpochSeeds(seed), EpochLog(folder / "history.csv")]
         if monitor:
-            so_far = {
-                key: [*(previous or {}).get(key, []), *values]
-                for key, values in self.history(phase).items()
-            }
+            earlier, this = previous or {}, self.history(phase)
+            so_far = {key: [*earlier.get(key, []), *this.get(key, [])] for key in {*earlier, *this}}
             scores = np.asarray(so_far.get(monitor, []), dtype=float)
             best = None
             waited = 0
-            if scores.size:
-                index = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
-                best, waited = float(scores[index]), int(scores.size - 1 - index)
+            if np.isfinite(scores).any():
+                index = int(np.nanargmin(scores) if mode == "min" else np.nanargmax(scores))
+                # the best so far carries over from earlier phases; the patience restarts
+                best = float(scores[index])
+                waited = min(int(scores.size - 1 - index), len(this.get(monitor, [])))
             extra.append(
-                keras.callbacks.ModelCheckpoint(
+                AtomicBestCheckpoint(
                     self.directory / BEST,
                     monitor=monitor,
                     mode=mode,
@@ -204,12 +217,14 @@ class Checkpoints:
                         monitor=monitor, mode=mode, patience=patience, waited=waited, best=best
                     )
                 )
+        # last: an epoch counts as done only once its log line and its best model are saved
+        backup = keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False)
         model._initial_epoch = None  # Keras keeps the epoch a previous phase resumed at
         model.fit(
             data(start),
             epochs=epochs,
             steps_per_epoch=steps,
-            callbacks=[*extra, *(callbacks or [])],
+            callbacks=[*extra, *(callbacks or []), backup],
             shuffle=False,
             **fit_kwargs,
         )
