@@ -22,9 +22,8 @@ import numpy as np
 from voxelflow.atomic import atomic_dir, save_npy, write_csv, write_json
 from voxelflow.dataset import INDEX, SPEC, read_rows
 from voxelflow.fingerprint import resolve_spec
-from voxelflow.nifti import VolumeError, load_volume
 from voxelflow.params import Params, load_params
-from voxelflow.preprocess import PreprocessSpec, preprocess_volume
+from voxelflow.preprocess import PreprocessSpec, preprocess_manifest_row
 from voxelflow.runtime import add_compute_options, compute_options, iter_items, setup_logging
 
 log = logging.getLogger("voxelflow.stages.preprocess")
@@ -33,23 +32,8 @@ OUTPUTS = ("arrays", INDEX, SPEC, "rejected.csv")
 
 
 def preprocess_row(job: tuple[dict, str, PreprocessSpec]) -> tuple[dict, np.ndarray | None]:
-    """One manifest row: (row, array), or (rejection, None) when the volume cannot be read.
-
-    The volume is read as ingest accepted it: the same volume of a 4D series, NaN/Inf
-    repaired only where ingest repaired them.
-    """
-    row, data_dir, spec = job
-    index = row.get("volume_index", "")
-    try:
-        volume = load_volume(
-            Path(data_dir) / row["path"],
-            volume_index=int(index) if index != "" else None,
-            non_finite="repair" if int(row.get("repaired") or 0) else "reject",
-        )
-        array = preprocess_volume(volume.data, volume.affine, spec)
-    except (VolumeError, ValueError) as error:
-        return {"input": row["path"], "reason": str(error)}, None
-    return row, array
+    """One manifest row (a picklable job for the pool): see ``preprocess_manifest_row``."""
+    return preprocess_manifest_row(*job)
 
 
 def read_fingerprint(manifest_csv: Path) -> dict | None:

@@ -134,6 +134,34 @@ def augment_preview(
 
 
 @app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="a model bundle folder (models/classifier)")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files or folders of them")],
+    out: Annotated[Path, typer.Option(help="the predictions CSV to write")] = Path(
+        "predictions.csv"
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="volumes per forward pass")] = 16,
+) -> None:
+    """Predict new scans with a model bundle, preprocessed exactly as it was trained.
+
+    Every file is checked as ingest checks it; files that cannot be used are listed with
+    the reason (and in <out>.rejected.csv) while the others are still predicted.
+    """
+    quiet_environment()
+    from voxelflow.predictor import predict as predict_files
+
+    try:
+        result = predict_files(bundle, inputs, out, batch_size, progress=True)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    for problem in result.rejected:
+        typer.secho(f"not predicted: {problem['path']}: {problem['reason']}", err=True)
+    typer.echo(f"wrote {out}: {len(result.rows)} predicted, {len(result.rejected)} not predicted")
+    if not result.rows:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def run(
     root: Annotated[Path, typer.Option(help="the voxelflow repository to run")] = Path("."),
     force: Annotated[bool, typer.Option(help="rerun every stage even if unchanged")] = False,

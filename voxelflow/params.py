@@ -357,7 +357,17 @@ class FinetuneParams(Section):
 
 
 class EvaluateParams(Section):
+    """The test-set evaluation, its intervals, test-time augmentation and the report."""
+
     batch_size: int = Field(16, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=0, le=100_000)  # 0: no intervals
+    confidence: float = Field(0.95, gt=0, lt=1)
+    calibration_bins: int = Field(15, ge=2, le=100)
+    tta: bool = False  # also predict averaged over flips and small rotations
+    tta_flip_axes: list[Annotated[int, Field(ge=0, le=2)]] = [0]
+    tta_rotation_degrees: list[Annotated[float, Field(ge=-45, le=45)]] = [-5.0, 5.0]
+    gallery_errors: int = Field(6, ge=0, le=100)  # most confident errors shown in the report
+    saliency_per_class: int = Field(2, ge=0, le=20)  # Grad-CAM maps per class in the report
 
 
 class Params(Section):

@@ -22,6 +22,7 @@ Intensity normalisation, one of:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -252,3 +253,28 @@ def normalize(data: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def preprocess_volume(data: np.ndarray, affine: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Preprocesses one volume: the array the models see, of shape ``spec.target_shape``."""
     return normalize(resample(np.asarray(data, dtype=np.float32), affine, spec), spec)
+
+
+def preprocess_manifest_row(
+    row: dict, data_dir: str | Path, spec: PreprocessSpec
+) -> tuple[dict, np.ndarray | None]:
+    """One manifest row's file, preprocessed: (row, array), or (rejection, None) when the
+    volume cannot be read.
+
+    The volume is read as ingest accepted it: the same volume of a 4D series, NaN/Inf
+    repaired only where ingest repaired them.
+    """
+    from voxelflow.nifti import VolumeError, load_volume
+
+    index = row.get("volume_index", "")
+    try:
+        volume = load_volume(
+            Path(data_dir) / row["path"],
+            volume_index=int(index) if index not in ("", None) else None,
+            non_finite="repair" if int(row.get("repaired") or 0) else "reject",
+        )
+        array = preprocess_volume(volume.data, volume.affine, spec)
+    except (VolumeError, ValueError) as error:
+        return {"input": row["path"], "reason": str(error)}, None
+    return row, array
+

@@ -1,6 +1,7 @@
 """pretrain -> finetune -> evaluate on the tiny dataset, and the bundle's round trip."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -109,6 +110,16 @@ def test_evaluate_metrics_and_plots(trained):
     assert matrix.sum() == metrics["test_volumes"]
     assert (trained / "plots" / "confusion.csv").read_text().startswith("id,actual,predicted")
     assert list((trained / "plots" / "roc").glob("*.csv"))
+    assert list((trained / "plots" / "pr").glob("*.csv"))
+    reliability = read_rows(trained / "plots" / "reliability.csv")
+    assert sum(int(row["volumes"]) for row in reliability) == metrics["test_volumes"]
+    intervals = metrics["confidence_intervals"]
+    low, high = intervals["balanced_accuracy"]
+    assert low <= metrics["balanced_accuracy"] <= high
+    assert sum(metrics["test_volumes_per_class"].values()) == metrics["test_volumes"]
+    for key in ("cohen_kappa", "log_loss", "brier", "ece"):
+        assert metrics[key] is not None
+    assert "tta" not in metrics  # off by default
 
 
 def test_finetune_refuses_encoder_of_other_shape(trained, tmp_path):
@@ -274,3 +285,72 @@ def test_supervised_pretraining_on_another_dataset_never_on_our_held_out_volumes
     first = _encoder_weights(tmp_path / "pretrained" / "encoder.keras")
     copied = _encoder_weights(tmp_path / "copied" / "encoder.keras")
     assert all(_same(copied[name], first[name]) for name in first)
+
+
+def test_predict_reproduces_evaluate_with_the_bundles_own_preprocessing(
+    trained, tiny_data, tmp_path, monkeypatch
+):
+    import gzip
+
+    import yaml
+    from typer.testing import CliRunner
+
+    import voxelflow
+    from voxelflow.cli import app
+
+    evaluated = read_rows(trained / "metrics" / "predictions.csv")
+    manifest = {row["id"]: row for row in read_rows(tiny_data["ingested"] / "manifest.csv")}
+    files = [tiny_data["raw"] / manifest[row["id"]]["path"] for row in evaluated]
+    # params.yaml now preprocesses differently; predict must use the bundle's spec instead
+    monkeypatch.chdir(tmp_path)
+    changed = {"preprocess": {"target_shape": [8, 8, 8], "normalization": "minmax"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed))
+    good = next(path for path in files if path.name.endswith(".nii.gz"))
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(gzip.compress(gzip.decompress(good.read_bytes()))[:-200])
+    (tmp_path / "notes.txt").write_text("not a scan")
+
+    inputs = [*map(str, files), str(truncated), str(tmp_path / "notes.txt")]
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(trained / "classifier"), *inputs, "--out", "out.csv", "--batch-size", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    predicted = read_rows(tmp_path / "out.csv")
+    assert [row["path"] for row in predicted] == [str(path.resolve()) for path in files]
+    columns = [key for key in evaluated[0] if key.startswith("p_")] + ["predicted"]
+    for mine, theirs in zip(predicted, evaluated, strict=True):
+        assert {key: mine[key] for key in columns} == {key: theirs[key] for key in columns}
+    rejected = {
+        Path(row["path"]).name: row["reason"] for row in read_rows(tmp_path / "out.rejected.csv")
+    }
+    assert set(rejected) == {"truncated.nii.gz", "notes.txt"}
+    assert "truncated" in rejected["truncated.nii.gz"]
+
+    # the Python API, same numbers
+    api = voxelflow.predict(trained / "classifier", files[:4], batch_size=4)
+    assert [row["p_" + api.classes[0]] for row in api.rows] == [
+        float(row["p_" + api.classes[0]]) for row in evaluated[:4]
+    ]
+
+
+def test_evaluate_with_test_time_augmentation(trained, tiny_data, tiny_params, tmp_path):
+    params = tiny_params.model_copy(deep=True)
+    params.evaluate.tta = True
+    params.evaluate.tta_rotation_degrees = [5.0]
+    result = evaluate.run(
+        trained / "classifier", tiny_data["preprocessed"], tmp_path / "m", tmp_path / "p", params
+    )
+    assert result["tta"]["passes"] == [
+        "identity",
+        "flip0",
+        "rotate0_+5",
+        "rotate1_+5",
+        "rotate2_+5",
+    ]
+    plain = json.loads((trained / "metrics" / "eval.json").read_text())
+    assert result["balanced_accuracy"] == plain["balanced_accuracy"]  # reported beside it
+    assert "confidence_intervals" in result["tta"]
+    rows = read_rows(tmp_path / "m" / "predictions.csv")
+    tta = np.array([[float(row[k]) for k in row if k.startswith("p_tta_")] for row in rows])
+    assert tta.shape == (result["test_volumes"], 3) and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
