@@ -14,27 +14,6 @@ from voxelflow.dataset import read_rows
 from voxelflow.training import class_weights
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_data, tiny_params, tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    pretrain.run(tiny_data["preprocessed"], root / "pretrained", tiny_params)
-    finetune.run(
-        root / "pretrained",
-        tiny_data["augmented"],
-        tiny_data["preprocessed"],
-        root / "classifier",
-        tiny_params,
-    )
-    evaluate.run(
-        root / "classifier",
-        tiny_data["preprocessed"],
-        root / "metrics",
-        root / "plots",
-        tiny_params,
-    )
-    return root
-
-
 def test_pretraining_never_reads_val_or_test(tiny_data):
     source = pretrain.pretraining_source(tiny_data["preprocessed"])
 
