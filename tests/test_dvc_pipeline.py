@@ -63,7 +63,13 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params_dict):
     ran = {
         line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage")
     }
-    assert ran == {"finetune", "evaluate"}
+    assert ran == {"finetune", "evaluate", "report"}
 
     shown = json.loads(e2e.dvc("metrics", "show", "--json", cwd=root).stdout)
     assert "balanced_accuracy" in json.dumps(shown)
+    plots = json.loads(e2e.dvc("plots", "show", "--json", cwd=root).stdout)["data"]
+    for name in ("Reliability diagram (test)", "plots/pr", "reports/figures/errors.png"):
+        assert any(name in key for key in plots), (name, list(plots))
+    gallery = next(value for key, value in plots.items() if key.endswith("errors.png"))
+    assert gallery[0]["type"] == "image"
+    assert (root / "reports" / "index.html").read_text().count("data:image/png;base64,") == 7
