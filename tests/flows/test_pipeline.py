@@ -9,7 +9,16 @@ from tests import e2e
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["synth", "ingest", "preprocess", "augment-cache", "pretrain", "finetune", "evaluate"]
+STAGES = [
+    "synth",
+    "ingest",
+    "preprocess",
+    "augment-cache",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "report",
+]
 
 
 def test_stage_order_comes_from_dvc(tmp_path, tiny_params_dict):
@@ -24,6 +33,7 @@ def test_stage_order_comes_from_dvc(tmp_path, tiny_params_dict):
         ("pretrain", "finetune"),
         ("augment-cache", "finetune"),
         ("finetune", "evaluate"),
+        ("evaluate", "report"),
     ]:
         assert order.index(before) < order.index(after)
 
