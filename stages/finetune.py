@@ -51,7 +51,14 @@ from voxelflow.optimizers import LayerwiseAdamW, block_rate_multipliers
 from voxelflow.params import Params, load_params, params_dict
 from voxelflow.resume import Checkpoints
 from voxelflow.runtime import setup_logging
-from voxelflow.training import class_weights, params_hash, run_key, set_determinism, write_history
+from voxelflow.training import (
+    class_weights,
+    params_hash,
+    run_key,
+    set_determinism,
+    training_seed,
+    write_history,
+)
 
 log = logging.getLogger("voxelflow.stages.finetune")
 
@@ -83,7 +90,7 @@ def run(
     summary_path: str | Path | None = None,
 ) -> dict:
     """Fine-tunes and writes the model bundle into ``out_dir`` (atomically)."""
-    set_determinism(params.seed, params.training.deterministic)
+    set_determinism(training_seed(params), params.training.deterministic)
     tune = params.finetune
     spec = read_spec(preprocessed_dir)
     classes = class_names(preprocessed_dir)
@@ -145,7 +152,7 @@ def run(
             "monitor": tune.monitor,
             "mode": mode,
             "patience": tune.patience,
-            "seed": params.seed,
+            "seed": training_seed(params),
         }
         history = checkpoints.fit(
             model,
@@ -296,7 +303,7 @@ def _training_data(train, shape, num_classes: int, spec, params: Params, replica
                 tune.batch_size,
                 shape,
                 params.augment,
-                params.seed,
+                training_seed(params),
                 spec.target_spacing_mm,
                 epochs,
                 start_epoch=start_epoch,
@@ -308,7 +315,7 @@ def _training_data(train, shape, num_classes: int, spec, params: Params, replica
                 tune.batch_size,
                 shape,
                 epochs=epochs,
-                seed=params.seed,
+                seed=training_seed(params),
                 purpose="finetune",
                 start_epoch=start_epoch,
                 **options,

@@ -48,7 +48,14 @@ from voxelflow.params import Params, load_params
 from voxelflow.resume import Checkpoints
 from voxelflow.runtime import setup_logging
 from voxelflow.seeding import rng_for
-from voxelflow.training import class_weights, params_hash, run_key, set_determinism, write_history
+from voxelflow.training import (
+    class_weights,
+    params_hash,
+    run_key,
+    set_determinism,
+    training_seed,
+    write_history,
+)
 
 log = logging.getLogger("voxelflow.stages.pretrain")
 
@@ -134,7 +141,7 @@ def run(
         logs_dir: TensorBoard logs (none when None).
     """
     tune = params.pretrain
-    set_determinism(params.seed, params.training.deterministic)
+    set_determinism(training_seed(params), params.training.deterministic)
     spec = read_spec(preprocessed_dir)
     shape = tuple(spec.target_shape)
     summary = {
@@ -199,7 +206,7 @@ def run(
                 tune.epochs,
                 steps,
                 callbacks=callbacks,
-                seed=params.seed,
+                seed=training_seed(params),
                 verbose=2,
                 **fit_options,
             )
@@ -228,10 +235,10 @@ def _restoration_data(source: VolumeSource, shape, params: Params, replicas: int
         return make_dataset(
             source,
             params.pretrain.batch_size,
-            restoration_pair(params, params.seed),
+            restoration_pair(params, training_seed(params)),
             signature,
             epochs=params.pretrain.epochs,
-            seed=params.seed,
+            seed=training_seed(params),
             purpose="pretrain",
             replicas=replicas,
             start_epoch=start_epoch,
@@ -248,7 +255,7 @@ def _supervised_data(source: VolumeSource, shape, params: Params, replicas: int,
                 params.pretrain.batch_size,
                 shape,
                 epochs=params.pretrain.epochs,
-                seed=params.seed,
+                seed=training_seed(params),
                 purpose="pretrain",
                 replicas=replicas,
                 start_epoch=start_epoch,

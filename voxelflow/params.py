@@ -262,6 +262,9 @@ class TrainingParams(Section):
     # XLA: auto lets Keras decide (off while ops are deterministic), or true / false
     jit_compile: bool | Literal["auto"] = "auto"
     deterministic: bool = True
+    # initial weights, batch order, pretraining corruptions, dropout, online augmentation;
+    # None: the top-level seed. Another value retrains on the very same data and splits.
+    seed: int | None = Field(None, ge=0, lt=2**32)
 
     @model_validator(mode="after")
     def _xla_needs_nondeterministic_ops(self) -> TrainingParams:

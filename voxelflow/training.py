@@ -57,3 +57,8 @@ def class_weights(labels: list[int], classes: list[str]) -> dict[int, float]:
         missing = [classes[index] for index, count in enumerate(counts) if count == 0]
         raise ValueError(f"classes {missing} have no training volume")
     return {index: float(len(labels) / (len(classes) * n)) for index, n in enumerate(counts)}
+
+
+def training_seed(params) -> int:
+    """The seed of everything random in training (``training.seed``, else ``seed``)."""
+    return params.seed if params.training.seed is None else params.training.seed

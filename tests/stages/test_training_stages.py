@@ -333,3 +333,19 @@ def test_evaluate_with_test_time_augmentation(trained, tiny_data, tiny_params, t
     rows = read_rows(tmp_path / "m" / "predictions.csv")
     tta = np.array([[float(row[k]) for k in row if k.startswith("p_tta_")] for row in rows])
     assert tta.shape == (result["test_volumes"], 3) and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
+
+
+def test_training_seed_changes_the_initial_weights_only(tiny_data, tiny_params, tmp_path):
+    def encoder(training_seed):
+        params = tiny_params.model_copy(deep=True)
+        params.pretrain.mode = "none"
+        params.training.seed = training_seed
+        out = tmp_path / f"seed{training_seed}"
+        pretrain.run(tiny_data["preprocessed"], out, params)
+        return [w.numpy() for w in keras.saving.load_model(out / "encoder.keras").weights]
+
+    default = encoder(None)
+    same = encoder(tiny_params.seed)  # training.seed = seed: the same run
+    other = encoder(tiny_params.seed + 1)
+    assert all(np.array_equal(a, b) for a, b in zip(default, same, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(default, other, strict=True))
