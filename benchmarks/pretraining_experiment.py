@@ -10,9 +10,11 @@ mean and spread per mode, and the paired gain per seed:
         --json reports/pretraining_experiment.json
 
 Run it in a clean checkout (it changes params.yaml through DVC's experiments, then restores
-the workspace). A seed changes everything seeded: the synthetic dataset, the splits, the
-initial weights, the augmentation, so the spread between seeds is the whole run-to-run
-variation.
+the workspace). ``--vary all`` (the default) sets ``seed``: a seed changes everything
+seeded (the synthetic dataset, the splits, which labels are kept, the initial weights, the
+augmentation), so the spread between seeds is the whole run-to-run variation. ``--vary
+training`` sets ``training.seed`` instead: the same dataset, splits and kept labels, and
+only the training's randomness (initial weights, batch order, corruptions, dropout) varies.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import time
 from pathlib import Path
 
 
-def run(seed: int, mode: str, fraction: float, extra: list[str]) -> dict:
-    name = f"{mode.replace('_', '-')}-seed{seed}-labels{int(fraction * 100)}"
+def run(seed: int, mode: str, fraction: float, extra: list[str], vary: str = "all") -> dict:
+    key = "seed" if vary == "all" else "training.seed"
+    name = f"{mode.replace('_', '-')}-{key.replace('.', '-')}{seed}-labels{int(fraction * 100)}"
     command = [
         "dvc",
         "exp",
@@ -36,7 +39,7 @@ def run(seed: int, mode: str, fraction: float, extra: list[str]) -> dict:
         name,
         "--force",
         "-S",
-        f"seed={seed}",
+        f"{key}={seed}",
         "-S",
         f"ingest.label_fraction={fraction}",
         "-S",
@@ -55,12 +58,17 @@ def run(seed: int, mode: str, fraction: float, extra: list[str]) -> dict:
         "mode": mode,
         "balanced_accuracy": metrics["balanced_accuracy"],
         "macro_auc": metrics["macro_auc_ovr"],
+        "intervals": {
+            key: metrics.get("confidence_intervals", {}).get(key)
+            for key in ("balanced_accuracy", "macro_auc_ovr")
+        },
         "accuracy": metrics["accuracy"],
         "test_volumes": metrics["test_volumes"],
         "train_labelled": sum(report["per_split"]["train"].values()),
         "labels_hidden": report["labels_hidden"],
         "best_epoch": tuned["best_epoch"],
         "minutes": round((time.perf_counter() - started) / 60, 1),
+        "settings": [f"{key}={seed}", *extra],
     }
 
 
@@ -98,12 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-fraction", type=float, default=0.2)
     parser.add_argument("--modes", nargs=2, default=["none", "self_supervised"])
     parser.add_argument("--set", action="append", default=[], help="more -S key=value")
+    parser.add_argument("--vary", choices=["all", "training"], default="all")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     rows = []
     for seed in args.seeds:
         for mode in args.modes:
-            row = run(seed, mode, args.label_fraction, args.set)
+            row = run(seed, mode, args.label_fraction, args.set, args.vary)
             rows.append(row)
             print(json.dumps(row), flush=True)
     subprocess.run(["git", "checkout", "params.yaml"], check=False)
