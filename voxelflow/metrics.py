@@ -213,20 +213,30 @@ def classification_metrics(
     return result
 
 
+def _one_vs_rest_curves(labels, probabilities, classes, curve, names) -> dict[str, list[dict]]:
+    """``curve(positives, scores)`` -> (x, y) per class present in, and not filling, the set."""
+    curves = {}
+    for index, name in enumerate(classes):
+        positives = np.asarray(labels) == index
+        if not 0 < positives.sum() < len(positives):
+            continue
+        x, y = curve(positives, np.asarray(probabilities)[:, index])
+        curves[name] = [
+            {names[0]: _round(a), names[1]: _round(b)} for a, b in zip(x, y, strict=True)
+        ]
+    return curves
+
+
 def roc_curves(
     labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> dict[str, list[dict]]:
     """One-vs-rest ROC points per class (classes absent from or filling the test set: none)."""
     from sklearn import metrics as skm
 
-    curves = {}
-    for index, name in enumerate(classes):
-        positives = np.asarray(labels) == index
-        if not 0 < positives.sum() < len(positives):
-            continue
-        fpr, tpr, _ = skm.roc_curve(positives, np.asarray(probabilities)[:, index])
-        curves[name] = [{"fpr": _round(x), "tpr": _round(y)} for x, y in zip(fpr, tpr, strict=True)]
-    return curves
+    def curve(positives, scores):
+        return skm.roc_curve(positives, scores)[:2]
+
+    return _one_vs_rest_curves(labels, probabilities, classes, curve, ("fpr", "tpr"))
 
 
 def precision_recall_curves(
@@ -235,19 +245,11 @@ def precision_recall_curves(
     """One-vs-rest precision-recall points per class (as :func:`roc_curves`)."""
     from sklearn import metrics as skm
 
-    curves = {}
-    for index, name in enumerate(classes):
-        positives = np.asarray(labels) == index
-        if not 0 < positives.sum() < len(positives):
-            continue
-        precision, recall, _ = skm.precision_recall_curve(
-            positives, np.asarray(probabilities)[:, index]
-        )
-        curves[name] = [
-            {"recall": _round(r), "precision": _round(p)}
-            for r, p in zip(recall, precision, strict=True)
-        ]
-    return curves
+    def curve(positives, scores):
+        precision, recall, _ = skm.precision_recall_curve(positives, scores)
+        return recall, precision
+
+    return _one_vs_rest_curves(labels, probabilities, classes, curve, ("recall", "precision"))
 
 
 def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> list[dict]:
