@@ -121,18 +121,38 @@ def run_stage(root: str, stage: str, force: bool = False) -> str:
 
 @task
 def publish_metrics(root: str) -> dict:
-    """Publishes ``metrics/eval.json`` as a Prefect table artifact (the dashboard shows it)."""
+    """Publishes ``metrics/eval.json`` as a Prefect table artifact (the dashboard shows it):
+    each headline metric with its bootstrap interval, then recall and precision per class."""
     metrics = json.loads((Path(root) / METRICS_FILE).read_text())
-    rows = [
-        {"metric": key, "value": metrics[key]}
-        for key in ("balanced_accuracy", "accuracy", "macro_auc_ovr", "test_volumes")
-        if key in metrics
-    ]
+    intervals = metrics.get("confidence_intervals", {})
+
+    def row(name: str, value, interval) -> dict:
+        low, high = interval if interval else (None, None)
+        return {"metric": name, "value": value, "interval_low": low, "interval_high": high}
+
+    keys = (
+        "balanced_accuracy",
+        "accuracy",
+        "macro_auc_ovr",
+        "cohen_kappa",
+        "log_loss",
+        "brier",
+        "ece",
+        "sensitivity",
+        "specificity",
+    )
+    rows = [row(key, metrics[key], intervals.get(key)) for key in keys if key in metrics]
+    rows.append(row("test_volumes", metrics.get("test_volumes"), None))
     for name, values in metrics.get("per_class", {}).items():
-        rows.append({"metric": f"{name} recall", "value": values["recall"]})
-        rows.append({"metric": f"{name} precision", "value": values["precision"]})
+        per_class = intervals.get("per_class", {}).get(name, {})
+        rows.append(row(f"{name} recall", values["recall"], per_class.get("recall")))
+        rows.append(row(f"{name} precision", values["precision"], per_class.get("precision")))
+    level = intervals.get("level")
     create_table_artifact(
-        key="evaluation-metrics", table=rows, description="Test-split metrics of the current model"
+        key="evaluation-metrics",
+        table=rows,
+        description="Test-split metrics of the current model"
+        + (f" with {int(level * 100)}% bootstrap intervals" if level else ""),
     )
     return metrics
 

@@ -174,11 +174,22 @@ def run(
     typer.echo(json.dumps(result["stages"], indent=2))
     metrics = result["metrics"]
     if metrics:
+        intervals = metrics.get("confidence_intervals", {})
+
+        def interval(key: str) -> str:
+            pair = intervals.get(key)
+            return f" [{pair[0]:.3f}, {pair[1]:.3f}]" if pair and None not in pair else ""
+
         typer.echo(
-            f"test balanced accuracy {metrics['balanced_accuracy']:.3f} "
+            f"test balanced accuracy {metrics['balanced_accuracy']:.3f}"
+            f"{interval('balanced_accuracy')} "
             f"(chance {metrics['baselines']['chance_balanced_accuracy']:.3f}), "
-            f"accuracy {metrics['accuracy']:.3f}, macro AUC {metrics['macro_auc_ovr']}"
+            f"accuracy {metrics['accuracy']:.3f}{interval('accuracy')}, "
+            f"macro AUC {metrics['macro_auc_ovr']}{interval('macro_auc_ovr')}"
         )
+        report = root / "reports" / "index.html"
+        if report.is_file():
+            typer.echo(f"report: {report.resolve()}")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The Prefect flow over the DVC stages, under a temporary Prefect server."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -67,7 +68,10 @@ def test_flow_runs_each_stage_as_a_task_and_publishes_metrics(
         task for task in tasks if task.name.startswith("stage-") and task.state.is_completed()
     ]
     assert len(completed) == len(STAGES)
-    assert any(artifact.key == "evaluation-metrics" for artifact in artifacts)
+    table = next(artifact for artifact in artifacts if artifact.key == "evaluation-metrics")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    balanced = next(row for row in rows if row["metric"] == "balanced_accuracy")
+    assert balanced["interval_low"] <= balanced["value"] <= balanced["interval_high"]
 
     again = pipeline(root=str(root))
     assert set(again["stages"].values()) == {"skipped"}
