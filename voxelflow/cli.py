@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -190,6 +191,134 @@ def run(
         report = root / "reports" / "index.html"
         if report.is_file():
             typer.echo(f"report: {report.resolve()}")
+
+
+RootOption = Annotated[Path, typer.Option(help="the voxelflow repository")]
+
+
+@app.command()
+def retrain(
+    root: RootOption = Path("."),
+    force: Annotated[bool, typer.Option(help="retrain even when no data changed")] = False,
+) -> None:
+    """Retrain once: new data -> pipeline -> champion/challenger -> promote or keep."""
+    quiet_environment()
+    from flows.retrain import retrain as retrain_flow
+
+    outcome = retrain_flow(root=str(root), force=force)
+    typer.echo(f"{outcome['decision']}: {outcome['reason']}")
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help='when to retrain, e.g. "0 2 * * 1" (Mon 02:00)')],
+    root: RootOption = Path("."),
+    name: Annotated[str, typer.Option(help="the deployment's name")] = "scheduled",
+    timezone: Annotated[str, typer.Option(help="the cron's time zone")] = "UTC",
+) -> None:
+    """Serve the retraining flow on a cron schedule (a Prefect deployment; one run at a
+    time). Runs until interrupted; the dashboard shows the deployment and its runs."""
+    quiet_environment()
+    from prefect.schedules import Cron
+
+    from flows.retrain import retrain as retrain_flow
+
+    retrain_flow.serve(
+        name=name,
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={"root": str(root.resolve())},
+        global_limit=1,
+        limit=1,
+        description=f"voxelflow retraining of {root.resolve()}",
+    )
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="the Prefect work pool whose workers run it")],
+    cron: Annotated[str | None, typer.Option(help="a schedule, e.g. '0 2 * * 1'")] = None,
+    root: RootOption = Path("."),
+    name: Annotated[str, typer.Option(help="the deployment's name")] = "retrain",
+) -> None:
+    """Create a deployment of the retraining flow for a work pool (workers elsewhere run it
+    from this repository's path; at most one run at a time)."""
+    quiet_environment()
+    from flows.retrain import retrain as retrain_flow
+
+    source = root.resolve()
+    deployment_id = retrain_flow.from_source(
+        source=str(source), entrypoint="flows/retrain.py:retrain"
+    ).deploy(
+        name=name,
+        work_pool_name=pool,
+        cron=cron,
+        parameters={"root": str(source)},
+        concurrency_limit=1,
+        print_next_steps=False,
+    )
+    typer.echo(f"deployment voxelflow-retrain/{name} ({deployment_id}) on work pool {pool}")
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port of the dashboard and API")] = 4200,
+) -> None:
+    """Start a local Prefect server (SQLite, or PREFECT_API_DATABASE_CONNECTION_URL) and
+    print the dashboard's URL; runs until interrupted."""
+    quiet_environment()
+    from flows.server import start_server
+
+    url = f"http://{host}:{port}"
+    with start_server(host, port) as process:
+        typer.echo(f"dashboard: {url}  (API {url}/api)")
+        typer.echo(f"point runs at it: export PREFECT_API_URL={url}/api")
+        with contextlib.suppress(KeyboardInterrupt):
+            process.wait()
+
+
+models_app = typer.Typer(help="The model registry: promoted versions and the champion.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    models: Annotated[Path, typer.Option(help="the models folder")] = Path("models"),
+) -> None:
+    """List every promoted version; the champion is marked *."""
+    from voxelflow.registry import read_registry
+
+    try:
+        registry = read_registry(models)
+    except ValueError as error:
+        _fail(error)
+    if not registry["versions"]:
+        typer.echo("no promoted model yet")
+        return
+    for entry in registry["versions"]:
+        mark = "*" if entry["version"] == registry["champion"] else " "
+        metrics = entry.get("metrics", {})
+        typer.echo(
+            f"{mark} {entry['version']:>4}  {entry['promoted']}  "
+            f"balanced accuracy {metrics.get('balanced_accuracy')}  "
+            f"data {entry['data_version'][:12]}  params {entry['params_hash']}"
+        )
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="the version to make the champion, e.g. v2")],
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "manual override",
+    models: Annotated[Path, typer.Option(help="the models folder")] = Path("models"),
+) -> None:
+    """Make a version the champion by hand (recorded in the registry's decisions)."""
+    from voxelflow.registry import set_champion
+
+    try:
+        set_champion(models, version, reason)
+    except ValueError as error:
+        _fail(error)
+    typer.echo(f"{version} is the champion")
 
 
 def main() -> None:

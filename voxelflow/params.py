@@ -373,6 +373,19 @@ class EvaluateParams(Section):
     saliency_per_class: int = Field(2, ge=0, le=20)  # Grad-CAM maps per class in the report
 
 
+class RetrainParams(Section):
+    """The retraining flow: when a new model replaces the champion (flows/retrain.py)."""
+
+    metric: Literal[
+        "balanced_accuracy", "accuracy", "macro_auc_ovr", "cohen_kappa", "log_loss", "brier", "ece"
+    ] = "balanced_accuracy"
+    # the challenger must beat the champion by at least this much (losses: by this much less)
+    min_margin: float = Field(0.0, ge=-1, le=1)
+    push: Literal["auto", "always", "never"] = "auto"  # dvc push of a promoted model
+    git_commit: bool = False  # commit dvc.lock and the registry when a model is promoted
+    git_tag: bool = False  # and tag the commit model-<version>
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -388,6 +401,7 @@ class Params(Section):
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    retrain: RetrainParams = RetrainParams()
 
     @model_validator(mode="after")
     def _frozen_within_encoder(self) -> Params:

@@ -1,0 +1,65 @@
+"""A local Prefect server: the dashboard (UI) and the API the flows report to.
+
+SQLite under ``PREFECT_HOME`` by default; a team sets ``PREFECT_API_DATABASE_CONNECTION_URL``
+(e.g. ``postgresql+asyncpg://user:pass@host/prefect``) and it is passed through.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the Prefect server at {url} did not answer within {timeout:.0f} s")
+
+
+@contextmanager
+def start_server(
+    host: str = "127.0.0.1", port: int = 4200, home: str | Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """Runs ``prefect server start`` until the block ends; yields once the API answers."""
+    environment = dict(os.environ)
+    environment.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if home is not None:
+        environment["PREFECT_HOME"] = str(home)
+    command = [
+        str(Path(sys.executable).with_name("prefect")),
+        "server",
+        "start",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_healthy(f"http://{host}:{port}", process)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
