@@ -41,6 +41,10 @@ def start_server(
     environment.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if home is not None:
         environment["PREFECT_HOME"] = str(home)
+    # the UI asks the API at PREFECT_UI_API_URL, which otherwise stays at the default port
+    environment["PREFECT_SERVER_API_HOST"] = host
+    environment["PREFECT_SERVER_API_PORT"] = str(port)
+    environment["PREFECT_UI_API_URL"] = f"http://{host}:{port}/api"
     command = [
         str(Path(sys.executable).with_name("prefect")),
         "server",

@@ -266,9 +266,14 @@ def dashboard(
 ) -> None:
     """Start a local Prefect server (SQLite, or PREFECT_API_DATABASE_CONNECTION_URL) and
     print the dashboard's URL; runs until interrupted."""
+    import signal
+    import sys
+
     quiet_environment()
     from flows.server import start_server
 
+    # stopped by a signal, still stop the server (the block's cleanup runs on SystemExit)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     url = f"http://{host}:{port}"
     with start_server(host, port) as process:
         typer.echo(f"dashboard: {url}  (API {url}/api)")
