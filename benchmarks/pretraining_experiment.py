@@ -47,6 +47,8 @@ def run(seed: int, mode: str, fraction: float, extra: list[str], vary: str = "al
     ]
     for setting in extra:
         command += ["-S", setting]
+    # dvc exp run leaves its -S values in params.yaml: start every run from the committed one
+    subprocess.run(["git", "checkout", "params.yaml"], check=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads(Path("metrics/eval.json").read_text())
