@@ -16,9 +16,14 @@ from pathlib import Path
 
 import networkx as nx
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 SKIPPED_MARKER = "didn't change, skipping"
+EPOCH = re.compile(r"^Epoch (\d+)/(\d+)")  # Keras's per-epoch line (verbose=2)
 METRICS_FILE = Path("metrics/eval.json")
 TRANSIENT_MARKERS = (
     "No space left on device",
@@ -103,11 +108,24 @@ def run_stage(root: str, stage: str, force: bool = False) -> str:
         text=True,
         bufsize=1,
     ) as process:
+        progress = None  # a progress artifact for a training stage: epochs done / planned
         for line in process.stdout:
             line = line.rstrip()
             output.append(line)
             if line.strip():
                 logger.info(line)
+            epoch = EPOCH.match(line.strip())
+            if epoch:
+                done, planned = int(epoch.group(1)) - 1, int(epoch.group(2))
+                text = f"{stage}: epoch {done + 1} of {planned} (at most: early stopping)"
+                if progress is None:
+                    progress = create_progress_artifact(
+                        100 * done / planned, key=f"progress-{stage}", description=text
+                    )
+                else:
+                    update_progress_artifact(progress, 100 * done / planned, description=text)
+        if progress is not None and process.wait() == 0:
+            update_progress_artifact(progress, 100.0, description=f"{stage}: done")
     if process.returncode != 0:
         tail = "\n".join(output[-20:])
         transient = is_transient(process.returncode, "\n".join(output))

@@ -141,13 +141,23 @@ def publish_promotion(root: str, version: str) -> list[str]:
     return done
 
 
-def _publish_summary(outcome: dict, found: dict) -> None:
+def _publish_summary(root: str, outcome: dict, found: dict) -> None:
     decision = outcome.get("decision", "skipped")
     lines = [
         f"# Retraining: {decision}",
         "",
         f"**Data:** {changes.summary(found)} since the last retraining.",
     ]
+    report = Path(root) / "data" / "ingested" / "ingest_report.json"
+    if report.is_file() and decision != "skipped":
+        counts = json.loads(report.read_text())
+        per_split = "; ".join(
+            f"{split} {sum(classes.values())}" for split, classes in counts["per_split"].items()
+        )
+        lines.append(
+            f"- accepted {counts['accepted']} volumes ({per_split}), "
+            f"rejected {counts['rejected']}"
+        )
     for kind, files in found.items():
         if files:
             shown = ", ".join(f"`{name}`" for name in files[:10])
@@ -174,7 +184,7 @@ def retrain(root: str = ".", force: bool = False) -> dict:
         logger.info("nothing new in %s since the last retraining: stopping", params.data.raw_dir)
         outcome = {"decision": "skipped", "reason": "no new or changed data"}
         registry.record_decision(Path(root) / MODELS, {"decision": "skipped", **outcome})
-        _publish_summary(outcome, found)
+        _publish_summary(root, outcome, found)
         return outcome
     logger.info("data: %s", changes.summary(found))
     pulled = dvc_pull(root)
@@ -212,6 +222,6 @@ def retrain(root: str = ".", force: bool = False) -> dict:
         create_link_artifact(
             key="evaluation-report", link=report.as_uri(), description="The HTML report"
         )
-    _publish_summary(outcome, found)
+    _publish_summary(root, outcome, found)
     logger.info("retraining: %s (%s)", outcome["decision"], outcome["reason"])
     return outcome
