@@ -82,3 +82,42 @@ def test_serve_creates_a_scheduled_deployment_with_one_run_at_a_time(tmp_path):
         finally:
             serving.terminate()
             serving.wait(timeout=60)
+
+
+def test_deploy_creates_a_work_pool_deployment(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with start_server(port=port, home=tmp_path / "prefect-home"):
+        api(url, "/work_pools/", {"name": "gpu-nodes", "type": "process"})
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": f"{url}/api",
+            "PREFECT_HOME": str(tmp_path / "client-home"),
+        }
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("voxelflow")),
+                "deploy",
+                "--pool",
+                "gpu-nodes",
+                "--cron",
+                "30 3 * * *",
+                "--root",
+                str(REPO),
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "on work pool gpu-nodes" in result.stdout
+        (deployment,) = api(
+            url, "/deployments/filter", {"deployments": {"name": {"any_": ["retrain"]}}}
+        )
+        assert deployment["work_pool_name"] == "gpu-nodes"
+        assert deployment["entrypoint"] == "flows/retrain.py:retrain"
+        assert [item["schedule"]["cron"] for item in deployment["schedules"]] == ["30 3 * * *"]
+        limit = deployment.get("global_concurrency_limit") or {}
+        assert deployment.get("concurrency_limit") == 1 or limit.get("limit") == 1
