@@ -85,7 +85,7 @@ def _paths(root, tiny_data, pretrained, params: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("kill", ["phase1:2", "phase1:3", "phase2:1"])
+@pytest.mark.parametrize("kill", ["phase1:2", "phase2:1"])
 def test_a_killed_finetune_resumes_to_the_same_weights(
     kill, tiny_data, tiny_params_dict, pretrained, tmp_path
 ):
