@@ -121,10 +121,18 @@ def test_retraining_promotes_stops_rejects_retries_and_keeps_the_champion(
     # 4. a stage that fails once with a transient error: retried, then promoted (margin -1)
     (root / "fail_once.py").write_text(FAIL_ONCE)
     _report_command(root, "python fail_once.py")
-    _set_params(root, retrain={"min_margin": -1.0})
+    _set_params(root, retrain={"min_margin": -1.0, "git_commit": True, "git_tag": True})
+    e2e.run(["git", "config", "user.name", "retrain test"], root)  # the flow commits as it
+    e2e.run(["git", "config", "user.email", "retrain@test"], root)
+    e2e.run(["git", "add", "-A"], root)
+    e2e.run(["git", "commit", "-q", "-m", "injected failure"], root)
     fourth = retrain(root=str(root), force=True)
     assert (root / ".failed-once").is_file()  # it did fail once
     assert fourth["decision"] == "promoted" and fourth["version"] == "v2"
+    assert fourth["published"] == ["git commit", "git tag model-v2"]  # no DVC remote: no push
+    assert e2e.run(["git", "tag"], root).stdout.split() == ["model-v2"]
+    committed = e2e.run(["git", "show", "--stat", "--format=%s", "model-v2"], root).stdout
+    assert "promote model v2" in committed and "models/registry.json" in committed
 
     # 5. a stage that always fails: the flow fails, the champion and registry are untouched
     before = (models / "registry.json").read_bytes()

@@ -63,3 +63,32 @@ def test_synth_refuses_a_folder_of_other_files(tmp_path):
     assert result.exit_code == 2
     assert "refusing to replace it" in result.output
     assert (tmp_path / "scan.nii").read_bytes() == b"mine"
+
+
+def test_models_list_and_promote(tmp_path):
+    import json
+
+    from voxelflow import registry
+
+    models = tmp_path / "models"
+    for index in (1, 2):
+        bundle = tmp_path / f"b{index}"
+        bundle.mkdir()
+        (bundle / "model.keras").write_bytes(bytes([index]))
+        (bundle / "bundle.json").write_text(json.dumps({"params_hash": f"p{index}"}))
+        registry.promote_bundle(
+            models, bundle, {"balanced_accuracy": 0.5 + index / 10}, "d" * 64, "r"
+        )
+    listed = CliRunner().invoke(app, ["models", "list", "--models", str(models)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert lines[0].startswith("    v1") and lines[1].startswith("*   v2") and "0.7" in lines[1]
+    promoted = CliRunner().invoke(
+        app, ["models", "promote", "v1", "--reason", "rollback", "--models", str(models)]
+    )
+    assert promoted.exit_code == 0 and registry.read_registry(models)["champion"] == "v1"
+    assert registry.read_registry(models)["decisions"][-1]["reason"] == "rollback"
+    missing = CliRunner().invoke(app, ["models", "promote", "v7", "--models", str(models)])
+    assert missing.exit_code == 2 and "no model version 'v7'" in missing.output
+    empty = CliRunner().invoke(app, ["models", "list", "--models", str(tmp_path / "none")])
+    assert "no promoted model yet" in empty.output
