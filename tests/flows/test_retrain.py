@@ -124,12 +124,15 @@ def test_retraining_promotes_stops_rejects_retries_and_keeps_the_champion(
     _set_params(root, retrain={"min_margin": -1.0, "git_commit": True, "git_tag": True})
     e2e.run(["git", "config", "user.name", "retrain test"], root)  # the flow commits as it
     e2e.run(["git", "config", "user.email", "retrain@test"], root)
+    e2e.dvc("remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=root)
     e2e.run(["git", "add", "-A"], root)
-    e2e.run(["git", "commit", "-q", "-m", "injected failure"], root)
+    e2e.run(["git", "commit", "-q", "-m", "injected failure, a DVC remote"], root)
     fourth = retrain(root=str(root), force=True)
     assert (root / ".failed-once").is_file()  # it did fail once
     assert fourth["decision"] == "promoted" and fourth["version"] == "v2"
-    assert fourth["published"] == ["git commit", "git tag model-v2"]  # no DVC remote: no push
+    assert fourth["pulled"] is True  # a remote is configured: dvc pull ran first
+    assert fourth["published"] == ["dvc push", "git commit", "git tag model-v2"]
+    assert any((tmp_path / "remote").rglob("*"))  # the artifacts are in the remote
     assert e2e.run(["git", "tag"], root).stdout.split() == ["model-v2"]
     committed = e2e.run(["git", "show", "--stat", "--format=%s", "model-v2"], root).stdout
     assert "promote model v2" in committed and "models/registry.json" in committed
