@@ -16,8 +16,11 @@ Steps, each a Prefect task (the dashboard shows each with its state, logs and ar
 6. for a promoted model: ``dvc push`` (``retrain.push``) and a git commit / tag of
    ``dvc.lock`` and the registry (``retrain.git_commit``, ``retrain.git_tag``).
 
-A failure anywhere before step 5 leaves the champion and the registry as they were; the
-data fingerprint is recorded only after a completed run, so the next run tries again.
+A failure before step 5 leaves the champion and the registry as they were, and the data
+fingerprint (taken after the pull and the pipeline) is recorded only once a new model was
+judged, so the next run tries again. A failure to publish a promoted model is recorded in
+the registry as "publish failed" and fails the run: the promotion stands, the push is left
+to a person. A new model identical to the champion (nothing retrained) is never promoted.
 """
 
 from __future__ import annotations
@@ -78,20 +81,28 @@ def dvc_pull(root: str) -> bool:
 
 @task(retries=2, retry_delay_seconds=TRANSIENT[:2])
 def champion_metrics(root: str, seed: int) -> dict | None:
-    """The champion's metrics on the current test split (None without a champion)."""
+    """The champion's metrics on the volumes the challenger was evaluated on (the test
+    split of the preprocessed data), scored as the evaluate stage scores (None without a
+    champion)."""
+    from voxelflow.dataset import read_index
+
     models = Path(root) / MODELS
     entry = registry.champion(models)
     if entry is None:
         return None
     params = load_params(Path(root) / "params.yaml")
+    ids = [row["id"] for row in read_index(Path(root) / "data" / "preprocessed", ("test",))]
     metrics = registry.evaluate_on_split(
         registry.version_dir(models, entry["version"]),
         Path(root) / "data" / "ingested" / "manifest.csv",
         Path(root) / params.data.raw_dir,
+        ids,
         resamples=params.evaluate.bootstrap_resamples,
         seed=seed,
+        confidence=params.evaluate.confidence,
+        bins=params.evaluate.calibration_bins,
     )
-    return {"version": entry["version"], **metrics}
+    return {"version": entry["version"], "model_hash": entry["model_hash"], **metrics}
 
 
 @task
@@ -99,7 +110,11 @@ def promote_or_reject(root: str, challenger: dict, champion: dict | None, data_v
     """The decision, recorded in the registry either way."""
     params = load_params(Path(root) / "params.yaml").retrain
     models = Path(root) / MODELS
-    promote, reason = registry.decide(challenger, champion, params.metric, params.min_margin)
+    model_hash = file_sha256(models / "classifier" / "model.keras")
+    if champion is not None and champion.get("model_hash") == model_hash:
+        promote, reason = False, f"the new model is the champion {champion['version']} itself"
+    else:
+        promote, reason = registry.decide(challenger, champion, params.metric, params.min_margin)
     summary = {
         "metric": params.metric,
         "min_margin": params.min_margin,
@@ -124,7 +139,8 @@ def promote_or_reject(root: str, challenger: dict, champion: dict | None, data_v
 
 @task(retries=3, retry_delay_seconds=TRANSIENT)
 def publish_promotion(root: str, version: str) -> list[str]:
-    """``dvc push`` and the git commit / tag of a promoted model, as configured."""
+    """``dvc push`` and the git commit / tag of a promoted model, as configured; safe to
+    retry (a commit or tag already made is not made again)."""
     params = load_params(Path(root) / "params.yaml").retrain
     done = []
     remotes = _run([sys.executable, "-m", "dvc", "remote", "list"], root).strip()
@@ -132,12 +148,25 @@ def publish_promotion(root: str, version: str) -> list[str]:
         _run([sys.executable, "-m", "dvc", "push"], root)
         done.append("dvc push")
     if params.git_commit or params.git_tag:
-        _run(["git", "add", "dvc.lock", "params.yaml", "-f", str(MODELS / registry.REGISTRY)], root)
-        _run(["git", "commit", "-m", f"voxelflow: promote model {version}", "--allow-empty"], root)
+        paths = ["dvc.lock", "params.yaml", str(MODELS / registry.REGISTRY)]
+        _run(["git", "add", "-f", "--", *paths], root)
+        staged = subprocess.run(
+            ["git", "diff", "--cached", "--quiet", "--", *paths], cwd=root, check=False
+        )
+        if staged.returncode:  # only these paths, whatever else the user has staged
+            _run(["git", "commit", "-m", f"voxelflow: promote model {version}", "--", *paths], root)
         done.append("git commit")
+        tag = f"model-{version}"
+        exists = subprocess.run(
+            ["git", "rev-parse", "-q", "--verify", f"refs/tags/{tag}"],
+            cwd=root,
+            check=False,
+            capture_output=True,
+        )
         if params.git_tag:
-            _run(["git", "tag", f"model-{version}"], root)
-            done.append(f"git tag model-{version}")
+            if exists.returncode:
+                _run(["git", "tag", tag], root)
+            done.append(f"git tag {tag}")
     return done
 
 
@@ -155,8 +184,7 @@ def _publish_summary(root: str, outcome: dict, found: dict) -> None:
             f"{split} {sum(classes.values())}" for split, classes in counts["per_split"].items()
         )
         lines.append(
-            f"- accepted {counts['accepted']} volumes ({per_split}), "
-            f"rejected {counts['rejected']}"
+            f"- accepted {counts['accepted']} volumes ({per_split}), rejected {counts['rejected']}"
         )
     for kind, files in found.items():
         if files:
@@ -195,12 +223,27 @@ def retrain(root: str = ".", force: bool = False) -> dict:
     outcome = promote_or_reject(root, challenger, champion, file_sha256(manifest))
     outcome["stages"] = run["stages"]
     outcome["pulled"] = pulled
-    if outcome["decision"] == "promoted":
-        outcome["published"] = publish_promotion(root, outcome["version"])
+    # what this run trained on: the data folder after the pull and the pipeline (with the
+    # default data/raw, the synth stage writes it)
     write_json(
         Path(root) / STATE,
-        {"fingerprint": detected["fingerprint"], "decision": outcome["decision"]},
+        {
+            "fingerprint": changes.fingerprint(Path(root) / params.data.raw_dir),
+            "decision": outcome["decision"],
+        },
     )
+    if outcome["decision"] == "promoted":
+        published = publish_promotion(root, outcome["version"], return_state=True)
+        if published.is_failed():
+            registry.record_decision(
+                Path(root) / MODELS,
+                {
+                    "decision": "publish failed",
+                    "version": outcome["version"],
+                    "reason": "promoted, but dvc push / git commit failed: push it by hand",
+                },
+            )
+        outcome["published"] = published.result()  # raises: the flow run fails
     create_table_artifact(
         key="champion-challenger",
         table=[

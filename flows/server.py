@@ -54,11 +54,19 @@ def start_server(
         "--port",
         str(port),
     ]
-    process = subprocess.Popen(
-        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    home = Path(environment.get("PREFECT_HOME", Path.home() / ".prefect"))
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / f"server-{port}.log"  # not a pipe: a long-running server never blocks
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            command, env=environment, stdout=log_file, stderr=subprocess.STDOUT, text=True
+        )
     try:
-        wait_until_healthy(f"http://{host}:{port}", process)
+        try:
+            wait_until_healthy(f"http://{host}:{port}", process)
+        except (RuntimeError, TimeoutError) as error:
+            tail = log_path.read_text()[-3000:]
+            raise RuntimeError(f"{error}; its log ({log_path}) ends:\n{tail}") from None
         yield process
     finally:
         process.terminate()

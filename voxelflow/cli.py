@@ -274,6 +274,14 @@ def dashboard(
 
     # stopped by a signal, still stop the server (the block's cleanup runs on SystemExit)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(
+            f"warning: the Prefect API on {host} has no authentication: anyone who reaches it "
+            "can start retraining runs (dvc repro) in this workspace. Put it behind a "
+            "firewall or an authenticating proxy.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     url = f"http://{host}:{port}"
     with start_server(host, port) as process:
         typer.echo(f"dashboard: {url}  (API {url}/api)")

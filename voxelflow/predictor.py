@@ -58,7 +58,7 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
                 files.append(item)
             else:
                 problems.append(
-                    {"path": str(item), "reason": "not a volume file (.nii, .nii.gz, .hdr, .img)"}
+                    {"path": str(item), "reason": "not a volume file (NIfTI/Analyze header)"}
                 )
         else:
             problems.append({"path": str(item), "reason": "no such file or folder"})
@@ -97,8 +97,28 @@ def predict(
     classes = list(bundle["classes"])
     result = Predictions(classes)
     files, result.rejected = find_inputs(inputs)
-    accepted: list[tuple[str, Path, np.ndarray]] = []
-    for identifier, path in zip(_ids(files), files, strict=True):
+    from tqdm import tqdm
+
+    batch: list[tuple[str, Path, np.ndarray]] = []  # at most one batch of arrays in memory
+
+    def flush() -> None:
+        probabilities = predict_arrays(model, lambda i: batch[i][2], len(batch), batch_size)
+        for (identifier, path, _), probs in zip(batch, probabilities, strict=True):
+            result.rows.append(
+                {
+                    "id": identifier,
+                    "path": str(path),
+                    "predicted": classes[int(np.argmax(probs))],
+                    **{
+                        f"p_{name}": round(float(p), 6)
+                        for name, p in zip(classes, probs, strict=True)
+                    },
+                }
+            )
+        batch.clear()
+
+    pairs = list(zip(_ids(files), files, strict=True))
+    for identifier, path in tqdm(pairs, desc="predicting", unit="file", disable=not progress):
         candidate = Candidate(
             id=identifier,
             path=path.name,
@@ -120,21 +140,13 @@ def predict(
         if array is None:
             result.rejected.append({"path": str(path), "reason": row["reason"]})
             continue
-        accepted.append((identifier, path, array))
+        batch.append((identifier, path, array))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
     for problem in result.rejected:
         log.warning("not predicted: %s: %s", problem["path"], problem["reason"])
-    probabilities = predict_arrays(
-        model, lambda i: accepted[i][2], len(accepted), batch_size, progress=progress
-    )
-    for (identifier, path, _), probs in zip(accepted, probabilities, strict=True):
-        result.rows.append(
-            {
-                "id": identifier,
-                "path": str(path),
-                "predicted": classes[int(np.argmax(probs))],
-                **{f"p_{name}": round(float(p), 6) for name, p in zip(classes, probs, strict=True)},
-            }
-        )
     if out is not None:
         out = Path(out)
         write_csv(out, result.rows, result.columns)

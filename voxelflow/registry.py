@@ -58,8 +58,8 @@ def decide(
     challenger: dict, champion_metrics: dict | None, metric: str, margin: float
 ) -> tuple[bool, str]:
     """Whether the challenger replaces the champion: its ``metric`` must beat the champion's
-    by at least ``margin`` (on the same test split; for a loss, be lower by that much); with
-    no champion it is promoted."""
+    by more than ``margin`` (on the same test split; for a loss, be lower by more than that;
+    a tie keeps the champion); with no champion it is promoted."""
     value = challenger.get(metric)
     if value is None:
         return False, f"the challenger has no {metric}"
@@ -69,8 +69,8 @@ def decide(
     if incumbent is None:
         return True, f"the champion has no {metric}; challenger {metric} {value:.4f}"
     gain = incumbent - value if metric in LOWER_IS_BETTER else value - incumbent
-    verdict = gain >= margin
-    relation = "at least" if verdict else "less than"
+    verdict = gain > margin
+    relation = "more than" if verdict else "not more than"
     return verdict, (
         f"challenger {metric} {value:.4f} vs champion {incumbent:.4f}: "
         f"{'better' if gain > 0 else 'not better'} by {abs(gain):.4f}, {relation} the margin "
@@ -149,31 +149,36 @@ def evaluate_on_split(
     bundle_dir: str | Path,
     manifest_csv: str | Path,
     data_dir: str | Path,
-    split: str = "test",
+    ids: list[str],
     resamples: int = 0,
     seed: int = 0,
+    confidence: float = 0.95,
+    bins: int = 15,
 ) -> dict:
-    """A bundle's metrics on one split of the current manifest, each file preprocessed with
-    the bundle's own spec (so a champion trained under other preprocessing params is
-    compared on the same volumes as the challenger)."""
+    """A bundle's metrics on the manifest volumes ``ids`` (in that order), each file
+    preprocessed with the bundle's own spec, so a champion trained under other
+    preprocessing params is scored on the very volumes, and the same way, as the
+    challenger."""
     from voxelflow.dataset import read_rows
     from voxelflow.metrics import classification_metrics
     from voxelflow.predictor import predict
 
-    rows = [row for row in read_rows(manifest_csv) if row["split"] == split]
-    if not rows:
-        raise ValueError(f"{manifest_csv}: no {split} volumes to evaluate on")
-    files = [Path(data_dir) / row["path"] for row in rows]
+    rows = {row["id"]: row for row in read_rows(manifest_csv)}
+    missing = [identifier for identifier in ids if identifier not in rows]
+    if missing or not ids:
+        raise ValueError(f"{manifest_csv}: no volumes {missing[:5] or ids} to evaluate on")
+    chosen = [rows[identifier] for identifier in ids]
+    files = [Path(data_dir) / row["path"] for row in chosen]
     result = predict(bundle_dir, files)
     if result.rejected:
         raise ValueError(
-            f"{bundle_dir}: could not predict {len(result.rejected)} {split} volumes: "
+            f"{bundle_dir}: could not predict {len(result.rejected)} test volumes: "
             f"{result.rejected[0]['path']}: {result.rejected[0]['reason']}"
         )
     classes = result.classes
-    unknown = sorted({row["label"] for row in rows} - set(classes))
+    unknown = sorted({row["label"] for row in chosen} - set(classes))
     if unknown:
-        raise ValueError(f"{bundle_dir}: the {split} split has classes {unknown} it never saw")
-    labels = [classes.index(row["label"]) for row in rows]
+        raise ValueError(f"{bundle_dir}: the test split has classes {unknown} it never saw")
+    labels = [classes.index(row["label"]) for row in chosen]
     probabilities = [[p[f"p_{name}"] for name in classes] for p in result.rows]
-    return classification_metrics(labels, probabilities, classes, resamples, seed)
+    return classification_metrics(labels, probabilities, classes, resamples, seed, confidence, bins)

@@ -5,6 +5,7 @@ champion untouched when a stage keeps failing."""
 import asyncio
 import csv
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -113,9 +114,8 @@ def test_retraining_promotes_stops_rejects_retries_and_keeps_the_champion(
     saved = registry.read_registry(models)
     assert saved["champion"] == "v1" and len(saved["versions"]) == 1
     rejected = saved["decisions"][-1]
-    assert (
-        rejected["decision"] == "rejected" and "less than the margin 1.0000" in rejected["reason"]
-    )
+    assert rejected["decision"] == "rejected"
+    assert "not more than the margin 1.0000" in rejected["reason"]
     assert f"{added} added" in _artifact("retraining-summary").data
 
     # 4. a stage that fails once with a transient error: retried, then promoted (margin -1)
@@ -146,3 +146,42 @@ def test_retraining_promotes_stops_rejects_retries_and_keeps_the_champion(
     assert (models / "registry.json").read_bytes() == before
     assert (root / STATE).read_bytes() == state_before
     assert registry.read_registry(models)["champion"] == "v2"
+
+
+def test_the_fingerprint_is_of_the_data_the_run_trained_on(tmp_path, monkeypatch, prefect_harness):
+    """With the default data/raw (written by the synth stage during the run), the second
+    run finds nothing new; a forced run that retrains nothing never promotes the champion
+    again. The pipeline and the champion's evaluation are stand-ins here."""
+    import json
+
+    import flows.retrain as flow_module
+
+    root = tmp_path
+    (root / "params.yaml").write_text(yaml.safe_dump({"retrain": {"min_margin": 0.0}}))
+
+    def fake_pipeline(root):
+        raw = Path(root) / "data" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "sub-1.nii").write_bytes(b"volume")  # as the synth stage writes it
+        bundle = Path(root) / "models" / "classifier"
+        bundle.mkdir(parents=True, exist_ok=True)
+        (bundle / "model.keras").write_bytes(b"same weights")
+        (bundle / "bundle.json").write_text(json.dumps({"params_hash": "p"}))
+        manifest = Path(root) / "data" / "ingested" / "manifest.csv"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("id,path,label,split\nsub-1,sub-1.nii,a,test\n")
+        index = Path(root) / "data" / "preprocessed" / "index.csv"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        index.write_text("id,split,array\nsub-1,test,arrays/sub-1.npy\n")
+        return {"stages": {"synth": "ran"}, "metrics": {"balanced_accuracy": 0.8}}
+
+    monkeypatch.setattr(flow_module, "pipeline", fake_pipeline)
+    monkeypatch.setattr(
+        flow_module.registry, "evaluate_on_split", lambda *a, **k: {"balanced_accuracy": 0.8}
+    )
+    assert flow_module.retrain(root=str(root))["decision"] == "promoted"
+    assert flow_module.retrain(root=str(root))["decision"] == "skipped"
+    forced = flow_module.retrain(root=str(root), force=True)
+    assert forced["decision"] == "rejected" and "champion v1 itself" in forced["reason"]
+    assert registry.read_registry(root / "models")["champion"] == "v1"
+    assert len(registry.read_registry(root / "models")["versions"]) == 1

@@ -17,7 +17,11 @@ def test_decide_by_metric_and_margin():
     promote, reason = registry.decide(
         {"balanced_accuracy": 0.74}, {"balanced_accuracy": 0.70}, "balanced_accuracy", 0.05
     )
-    assert not promote and "less than the margin" in reason and "0.7400" in reason
+    assert not promote and "not more than the margin" in reason and "0.7400" in reason
+    # a tie keeps the champion
+    assert not registry.decide(
+        {"balanced_accuracy": 0.7}, {"balanced_accuracy": 0.7}, "balanced_accuracy", 0.0
+    )[0]
     assert registry.decide(
         {"balanced_accuracy": 0.76}, {"balanced_accuracy": 0.70}, "balanced_accuracy", 0.05
     )[0]
