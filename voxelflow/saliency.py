@@ -4,8 +4,8 @@ Selvaraju et al. (2017): the encoder's last feature maps, each weighted by the m
 of the class score over its voxels, summed, rectified, and resampled to the input grid.
 The score is the log-probability of the class (the head ends in a softmax; its gradient
 is the logit's minus the probability-weighted mean logit, i.e. evidence for this class
-against the others). Gradients need the backend's autodiff: TensorFlow and JAX are
-supported.
+against the others). Gradients need the backend's autodiff: TensorFlow (tested) and JAX
+(written, not yet tested).
 """
 
 from __future__ import annotations
