@@ -16,7 +16,6 @@ keeps one line per evaluated model.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ import yaml
 from voxelflow import figures
 from voxelflow.atomic import atomic_dir, file_sha256
 from voxelflow.bundle import load_bundle
-from voxelflow.dataset import load_array, read_index
+from voxelflow.dataset import load_array, read_index, read_rows
 from voxelflow.metrics import precision_recall_curves, reliability, roc_curves
 from voxelflow.params import Params, load_params
 from voxelflow.report import previous_evaluation, read_history, record_evaluation, render
@@ -40,19 +39,15 @@ log = logging.getLogger("voxelflow.stages.report")
 OUTPUTS = ("index.html", "figures")
 
 
-def _read_csv(path: Path) -> dict[str, list[float]]:
+def _history(path: Path) -> dict[str, list[float]]:
     """A history CSV as columns (empty when the file is absent)."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(path) if path.is_file() else []
     keys = [key for key in (rows[0] if rows else {}) if key != "epoch"]
     return {key: [float(row[key]) if row[key] else float("nan") for row in rows] for key in keys}
 
 
 def _predictions(path: Path, classes: list[str]) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(path)
     if not rows:
         raise ValueError(f"{path}: no predictions; run the evaluate stage first")
     labels = np.array([classes.index(row["actual"]) for row in rows])
@@ -124,8 +119,8 @@ def run(
     previous = previous_evaluation(history, model_hash)
     data = json.loads((Path(ingested_dir) / "ingest_report.json").read_text())
     histories = {
-        "pretrain": _read_csv(Path(pretrained_dir) / "history.csv"),
-        "finetune": _read_csv(model_dir / "history.csv"),
+        "pretrain": _history(Path(pretrained_dir) / "history.csv"),
+        "finetune": _history(model_dir / "history.csv"),
     }
     with atomic_dir(out_dir, OUTPUTS) as staging:
         folder = staging / "figures"
