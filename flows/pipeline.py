@@ -22,6 +22,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from voxelflow.lock import workspace_lock
+
 SKIPPED_MARKER = "didn't change, skipping"
 EPOCH = re.compile(r"^Epoch (\d+)/(\d+)")  # Keras's per-epoch line (verbose=2)
 METRICS_FILE = Path("metrics/eval.json")
@@ -184,7 +186,8 @@ def pipeline(root: str = ".", force: bool = False) -> dict:
     """
     root = str(Path(root).resolve())
     outcomes = {}
-    for stage in stage_order(root):
-        outcomes[stage] = run_stage.with_options(name=f"stage-{stage}")(root, stage, force)
-    metrics = publish_metrics(root) if (Path(root) / METRICS_FILE).is_file() else {}
+    with workspace_lock(root, "voxelflow pipeline"):  # the stages run as part of this run
+        for stage in stage_order(root):
+            outcomes[stage] = run_stage.with_options(name=f"stage-{stage}")(root, stage, force)
+        metrics = publish_metrics(root) if (Path(root) / METRICS_FILE).is_file() else {}
     return {"stages": outcomes, "metrics": metrics}

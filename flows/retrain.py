@@ -40,6 +40,7 @@ from prefect.artifacts import (
 from flows.pipeline import _environment, pipeline
 from voxelflow import changes, registry
 from voxelflow.atomic import file_sha256, write_json
+from voxelflow.lock import workspace_lock
 from voxelflow.params import load_params
 
 MODELS = Path("models")
@@ -203,8 +204,13 @@ def _publish_summary(root: str, outcome: dict, found: dict) -> None:
 @flow(name="voxelflow-retrain", log_prints=True)
 def retrain(root: str = ".", force: bool = False) -> dict:
     """One retraining of the repository at ``root`` (see the module docstring)."""
-    logger = get_run_logger()
     root = str(Path(root).resolve())
+    with workspace_lock(root, "voxelflow retrain"):  # pipeline and registry, one run at a time
+        return _retrain(root, force)
+
+
+def _retrain(root: str, force: bool) -> dict:
+    logger = get_run_logger()
     params = load_params(Path(root) / "params.yaml")
     detected = detect_changes(root, params.data.raw_dir)
     found = detected["changes"]

@@ -18,11 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from voxelflow.atomic import atomic_dir, save_npy, write_csv, write_json
+from voxelflow.atomic import (
+    Journal,
+    atomic_dir,
+    file_sha256,
+    resume_key,
+    save_npy,
+    write_csv,
+    write_json,
+    write_text,
+)
 from voxelflow.augment import apply_transform, sample_transform
-from voxelflow.dataset import class_names, load_array, read_index, read_spec
+from voxelflow.dataset import INDEX, SPEC, class_names, load_array, read_index, read_spec
 from voxelflow.params import AugmentParams, Params, load_params
-from voxelflow.runtime import add_compute_options, compute_options, iter_items, setup_logging
+from voxelflow.runtime import add_compute_options, compute_options, iter_items, stage_process
 from voxelflow.seeding import rng_for
 
 log = logging.getLogger("voxelflow.stages.augment_cache")
@@ -69,23 +78,47 @@ def run(
     jobs = [
         (row, str(preprocessed_dir), augment, params.seed, spec.target_spacing_mm) for row in rows
     ]
-    index, buffer = [], []
-    shard = 0
-    with (
-        atomic_dir(out_dir, OUTPUTS) as staging,
-        open(staging / "provenance.jsonl", "w") as provenance,
-    ):
-        (staging / "shards").mkdir()
+    key = resume_key(
+        "augment-cache",
+        augment.model_dump(mode="json"),
+        params.seed,
+        file_sha256(Path(preprocessed_dir) / INDEX),
+        file_sha256(Path(preprocessed_dir) / SPEC),
+    )
+    with atomic_dir(out_dir, OUTPUTS, resume_key=key) as staging:
+        (staging / "shards").mkdir(exist_ok=True)
+        journal = Journal(staging)
+        finished = journal.finished()
+        index, records = [], []
+        shard = 0
+        while (name := f"shard-{shard:05d}") in finished:  # what a killed run completed
+            index += finished[name]["index"]
+            records += finished[name]["provenance"]
+            shard += 1
+        # Copies are a pure function of (seed, id, copy): restart at the volume whose copies
+        # the last finished shard cut, and drop the ones it holds.
+        skip_volumes, skip_copies = divmod(len(index), augment.copies)
+        if shard:
+            log.info("augment-cache: resuming after %d finished shards", shard)
+        buffer, shard_index, shard_records = [], [], []
 
         def flush() -> None:
-            nonlocal shard, buffer
+            nonlocal shard, buffer, shard_index, shard_records
             if buffer:
-                save_npy(staging / "shards" / f"shard-{shard:05d}.npy", np.stack(buffer))
-                shard, buffer = shard + 1, []
+                name = f"shard-{shard:05d}"
+                save_npy(staging / "shards" / f"{name}.npy", np.stack(buffer))
+                journal.record(
+                    name, (f"shards/{name}.npy",), index=shard_index, provenance=shard_records
+                )
+                index.extend(shard_index)
+                records.extend(shard_records)
+                shard, buffer, shard_index, shard_records = shard + 1, [], [], []
 
-        for copies in iter_items(augment_copies, jobs, workers, "augment-cache", dask_address):
-            for record, array in copies:
-                index.append(
+        remaining = jobs[skip_volumes:]
+        results = iter_items(augment_copies, remaining, workers, "augment-cache", dask_address)
+        for number, copies in enumerate(results):
+            for record, array in copies[skip_copies if number == 0 else 0 :]:
+                shard_index.append(
                     {
                         "shard": shard,
                         "offset": len(buffer),
@@ -94,11 +127,14 @@ def run(
                         "label": record["label"],
                     }
                 )
-                provenance.write(json.dumps(record) + "\n")
+                shard_records.append(record)
                 buffer.append(array)
                 if len(buffer) == augment.shard_size:
                     flush()
         flush()
+        write_text(
+            staging / "provenance.jsonl", "".join(json.dumps(item) + "\n" for item in records)
+        )
         write_csv(staging / "index.csv", index, INDEX_COLUMNS)
         disk = sum(path.stat().st_size for path in (staging / "shards").glob("*.npy"))
         summary = {
@@ -123,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     add_compute_options(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    run(args.preprocessed, args.out, load_params(args.params), args.workers, args.dask_address)
+    with stage_process("augment-cache"):
+        run(args.preprocessed, args.out, load_params(args.params), args.workers, args.dask_address)
 
 
 if __name__ == "__main__":

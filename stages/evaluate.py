@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxelflow.atomic import atomic_dir, write_csv, write_json
+from voxelflow.atomic import atomic_dir, sweep_stale, write_csv, write_json
 from voxelflow.bundle import load_bundle
 from voxelflow.data import preprocessed_source
 from voxelflow.inference import predict_arrays, tta_variants
@@ -29,7 +29,7 @@ from voxelflow.metrics import (
     roc_curves,
 )
 from voxelflow.params import EvaluateParams, Params, load_params
-from voxelflow.runtime import setup_logging
+from voxelflow.runtime import stage_process
 
 log = logging.getLogger("voxelflow.stages.evaluate")
 
@@ -117,6 +117,7 @@ def run(
         )
     # file by file (each atomic), eval.json last: metrics/ also holds finetune.json
     Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+    sweep_stale(metrics_dir)  # what a killed writer of metrics/ left
     write_csv(Path(metrics_dir) / "predictions.csv", rows, list(rows[0]))
     write_json(Path(metrics_dir) / "eval.json", result)
     intervals = result.get("confidence_intervals", {})
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--plots", required=True)
     args = parser.parse_args(argv)
-    setup_logging()
-    run(args.model, args.preprocessed, args.metrics, args.plots, load_params(args.params))
+    with stage_process("evaluate"):
+        run(args.model, args.preprocessed, args.metrics, args.plots, load_params(args.params))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import numpy as np
 
 from voxelflow import models
 from voxelflow.atomic import atomic_dir, file_sha256, write_json
+from voxelflow.bundle import bundle_checksums
 from voxelflow.data import (
     balanced_weights,
     cache_source,
@@ -45,12 +46,13 @@ from voxelflow.data import (
 )
 from voxelflow.dataset import class_names, data_digest, read_spec
 from voxelflow.devices import training_devices
+from voxelflow.keras_files import make_reproducible
 from voxelflow.model_summary import brief, summarize
 from voxelflow.online import online_dataset
 from voxelflow.optimizers import LayerwiseAdamW, block_rate_multipliers
 from voxelflow.params import Params, load_params, params_dict
 from voxelflow.resume import Checkpoints
-from voxelflow.runtime import setup_logging
+from voxelflow.runtime import stage_process
 from voxelflow.training import (
     class_weights,
     params_hash,
@@ -207,6 +209,7 @@ def run(
             )
         with atomic_dir(placement.output_dir(out_dir), OUTPUTS) as staging:
             shutil.copyfile(checkpoints.best, staging / "model.keras")
+            make_reproducible(staging / "model.keras")
             best = keras.saving.load_model(staging / "model.keras", safe_mode=True)
             model_summary = summarize(best, spec.target_spacing_mm)
             scores = np.asarray(history[tune.monitor])
@@ -233,8 +236,9 @@ def run(
                 "seconds": round(time.perf_counter() - started, 1),
             }
             write_history(staging / "history.csv", history)
-            write_json(staging / "bundle.json", bundle)
             write_json(staging / "model_summary.json", model_summary)
+            bundle["files"] = bundle_checksums(staging)
+            write_json(staging / "bundle.json", bundle)
     if summary_path and placement.is_chief:
         write_json(
             summary_path,
@@ -336,17 +340,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--logs", help="TensorBoard logs")
     parser.add_argument("--summary", help="the fine-tune summary (a DVC metric)")
     args = parser.parse_args(argv)
-    setup_logging()
-    run(
-        args.pretrained,
-        args.augmented,
-        args.preprocessed,
-        args.out,
-        load_params(args.params),
-        args.checkpoints,
-        args.logs,
-        args.summary,
-    )
+    with stage_process("finetune"):
+        run(
+            args.pretrained,
+            args.augmented,
+            args.preprocessed,
+            args.out,
+            load_params(args.params),
+            args.checkpoints,
+            args.logs,
+            args.summary,
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from voxelflow.ingest import ingest_folder
 from voxelflow.params import Params, load_params
-from voxelflow.runtime import add_compute_options, compute_options, setup_logging
+from voxelflow.runtime import add_compute_options, compute_options, stage_process
 
 
 def run(
@@ -36,15 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     add_compute_options(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    run(
-        args.data,
-        args.labels,
-        args.out,
-        load_params(args.params),
-        args.workers,
-        args.dask_address,
-    )
+    with stage_process("ingest"):
+        run(
+            args.data,
+            args.labels,
+            args.out,
+            load_params(args.params),
+            args.workers,
+            args.dask_address,
+        )
 
 
 if __name__ == "__main__":

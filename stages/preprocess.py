@@ -19,12 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from voxelflow.atomic import atomic_dir, save_npy, write_csv, write_json
+from voxelflow.atomic import (
+    Journal,
+    atomic_dir,
+    file_sha256,
+    resume_key,
+    save_npy,
+    write_csv,
+    write_json,
+)
 from voxelflow.dataset import INDEX, SPEC, read_rows
 from voxelflow.fingerprint import resolve_spec
 from voxelflow.params import Params, load_params
 from voxelflow.preprocess import PreprocessSpec, preprocess_manifest_row
-from voxelflow.runtime import add_compute_options, compute_options, iter_items, setup_logging
+from voxelflow.runtime import add_compute_options, compute_options, iter_items, stage_process
 
 log = logging.getLogger("voxelflow.stages.preprocess")
 
@@ -57,18 +65,28 @@ def run(
         log.info("preprocess: %s filled from the fingerprint: %s", filled, spec)
     classes = json.loads(manifest_csv.with_name("ingest_report.json").read_text())["classes"]
     workers, dask_address = compute_options(params.compute, workers, dask_address)
-    done, failed = [], []
-    with atomic_dir(out_dir, OUTPUTS) as staging:
-        (staging / "arrays").mkdir()
-        source = str(Path(data_dir).resolve())  # workers may run elsewhere (Dask)
-        jobs = ((row, source, spec) for row in rows)
-        for row, array in iter_items(preprocess_row, jobs, workers, "preprocess", dask_address):
+    source = str(Path(data_dir).resolve())  # workers may run elsewhere (Dask)
+    key = resume_key("preprocess", spec.to_dict(), classes, file_sha256(manifest_csv), source)
+    with atomic_dir(out_dir, OUTPUTS, resume_key=key) as staging:
+        (staging / "arrays").mkdir(exist_ok=True)
+        journal = Journal(staging)
+        finished = journal.finished()  # by a killed run with the same inputs: kept
+        todo = [row for row in rows if row["id"] not in finished]
+        if finished:
+            log.info("preprocess: resuming; %d of %d volumes done", len(finished), len(rows))
+        jobs = ((row, source, spec) for row in todo)
+        results = iter_items(preprocess_row, jobs, workers, "preprocess", dask_address)
+        for row, (result, array) in zip(todo, results, strict=True):
             if array is None:
-                failed.append(row)
+                journal.record(row["id"], (), failed=result)
+                finished[row["id"]] = {"failed": result}
                 continue
             relative = f"arrays/{row['id']}.npy"
             save_npy(staging / relative, array)
-            done.append({**row, "array": relative})
+            journal.record(row["id"], (relative,), done={**result, "array": relative})
+            finished[row["id"]] = {"done": {**result, "array": relative}}
+        done = [finished[row["id"]]["done"] for row in rows if "done" in finished[row["id"]]]
+        failed = [finished[row["id"]]["failed"] for row in rows if "failed" in finished[row["id"]]]
         if not done:
             raise ValueError(f"{manifest_csv}: no volume could be preprocessed")
         write_csv(staging / INDEX, done, list(done[0]))
@@ -76,7 +94,12 @@ def run(
         write_json(staging / SPEC, {**spec.to_dict(), "classes": classes, "auto_filled": filled})
     for item in failed:
         log.warning("preprocess failed for %s: %s", item["input"], item["reason"])
-    summary = {"preprocessed": len(done), "failed": len(failed), "shape": list(spec.target_shape)}
+    summary = {
+        "preprocessed": len(done),
+        "failed": len(failed),
+        "shape": list(spec.target_shape),
+        "resumed": len(rows) - len(todo),
+    }
     log.info("preprocess: %s", summary)
     return summary
 
@@ -89,15 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     add_compute_options(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    run(
-        args.manifest,
-        args.data,
-        args.out,
-        load_params(args.params),
-        args.workers,
-        args.dask_address,
-    )
+    with stage_process("preprocess"):
+        run(
+            args.manifest,
+            args.data,
+            args.out,
+            load_params(args.params),
+            args.workers,
+            args.dask_address,
+        )
 
 
 if __name__ == "__main__":

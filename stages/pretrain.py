@@ -43,10 +43,11 @@ from voxelflow.data import (
 )
 from voxelflow.dataset import class_names, data_digest, read_index, read_spec
 from voxelflow.devices import training_devices
+from voxelflow.keras_files import make_reproducible
 from voxelflow.model_summary import brief, summarize
 from voxelflow.params import Params, load_params
 from voxelflow.resume import Checkpoints
-from voxelflow.runtime import setup_logging
+from voxelflow.runtime import stage_process
 from voxelflow.seeding import rng_for
 from voxelflow.training import (
     class_weights,
@@ -217,6 +218,7 @@ def run(
     summary["model"] = brief(model_summary)
     with atomic_dir(placement.output_dir(out_dir), OUTPUTS) as staging:
         encoder.save(staging / "encoder.keras")
+        make_reproducible(staging / "encoder.keras")
         write_history(staging / "history.csv", history or {"loss": []})
         write_json(staging / "pretrain.json", summary)
         write_json(staging / "model_summary.json", model_summary)
@@ -281,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", help="per-epoch checkpoints (resume after a kill)")
     parser.add_argument("--logs", help="TensorBoard logs")
     args = parser.parse_args(argv)
-    setup_logging()
-    run(args.preprocessed, args.out, load_params(args.params), args.checkpoints, args.logs)
+    with stage_process("pretrain"):
+        run(args.preprocessed, args.out, load_params(args.params), args.checkpoints, args.logs)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from voxelflow.dataset import load_array, read_index, read_rows
 from voxelflow.metrics import precision_recall_curves, reliability, roc_curves
 from voxelflow.params import Params, load_params
 from voxelflow.report import previous_evaluation, read_history, record_evaluation, render
-from voxelflow.runtime import setup_logging
+from voxelflow.runtime import stage_process
 from voxelflow.saliency import grad_cam
 
 log = logging.getLogger("voxelflow.stages.report")
@@ -254,17 +254,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--history", help="evaluation history (JSON lines), for comparisons")
     args = parser.parse_args(argv)
-    setup_logging()
-    run(
-        args.model,
-        args.pretrained,
-        args.preprocessed,
-        args.ingested,
-        args.metrics,
-        args.out,
-        load_params(args.params),
-        args.history,
-    )
+    with stage_process("report"):
+        run(
+            args.model,
+            args.pretrained,
+            args.preprocessed,
+            args.ingested,
+            args.metrics,
+            args.out,
+            load_params(args.params),
+            args.history,
+        )
 
 
 if __name__ == "__main__":

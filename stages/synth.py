@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from voxelflow.params import Params, load_params
-from voxelflow.runtime import setup_logging
+from voxelflow.runtime import stage_process
 from voxelflow.synthdata import write_dataset
 
 
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, default=None, help="processes; 0: every core [params: compute]"
     )
     args = parser.parse_args(argv)
-    setup_logging()
-    run(args.out, load_params(args.params), args.workers)
+    with stage_process("synth"):
+        run(args.out, load_params(args.params), args.workers)
 
 
 if __name__ == "__main__":

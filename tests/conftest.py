@@ -71,6 +71,46 @@ def tiny_data(tmp_path_factory, tiny_params) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def trained(tiny_data, tiny_params, tmp_path_factory):
+    """The tiny pipeline trained once per session: pretrained encoder, bundle, metrics."""
+    from stages import evaluate, finetune, pretrain
+
+    root = tmp_path_factory.mktemp("trained")
+    pretrain.run(tiny_data["preprocessed"], root / "pretrained", tiny_params)
+    finetune.run(
+        root / "pretrained",
+        tiny_data["augmented"],
+        tiny_data["preprocessed"],
+        root / "classifier",
+        tiny_params,
+    )
+    evaluate.run(
+        root / "classifier",
+        tiny_data["preprocessed"],
+        root / "metrics",
+        root / "plots",
+        tiny_params,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def repro_reference(tmp_path_factory, tiny_params_dict, prefect_harness) -> dict:
+    """The pipeline flow (every stage of the real dvc.yaml through ``dvc repro``) on tiny
+    params, uninterrupted, in a temporary git repository: its root, params, flow state, and
+    the bytes of every output (taken before any test changes the repository). Fine-tuning
+    runs two epochs: Keras prints "Epoch k/n", the progress artifact's source, only for n > 1.
+    """
+    from flows.pipeline import pipeline
+    from tests import e2e
+
+    params = e2e.merged(tiny_params_dict, {"finetune": {"epochs": 2}})
+    root = e2e.make_repository(tmp_path_factory.mktemp("repro"), params)
+    state = pipeline(root=str(root), return_state=True)
+    return {"root": root, "params": params, "state": state, "outputs": e2e.output_bytes(root)}
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session (it takes ~20 s to start)."""
     from prefect.testing.utilities import prefect_test_harness

@@ -85,3 +85,16 @@ def declared_outputs(root: Path) -> list[Path]:
             for item in stage.get(key, []):
                 paths.append(root / (item if isinstance(item, str) else next(iter(item))))
     return paths
+
+
+OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "reports")
+
+
+def output_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under the pipeline's output folders, by path relative to ``root``."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for folder in OUTPUT_FOLDERS
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }

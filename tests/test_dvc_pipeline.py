@@ -2,6 +2,7 @@
 
 import ast
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,13 @@ def test_every_stage_lists_the_modules_it_imports():
         )
 
 
-def test_dvc_repro_end_to_end(tmp_path, tiny_params_dict):
-    root = e2e.make_repository(tmp_path, tiny_params_dict)
-    first = e2e.dvc("repro", cwd=root)
+def test_dvc_repro_end_to_end(repro_reference, tmp_path):
+    root = tmp_path / "repository"  # a copy: the reference stays as the pipeline left it
+    shutil.copytree(repro_reference["root"], root, symlinks=True)
     for output in e2e.declared_outputs(root):
         assert output.exists(), f"{output} was not written"
     metrics = json.loads((root / "metrics" / "eval.json").read_text())
     assert metrics["test_volumes"] > 0
-    assert "Running stage 'evaluate'" in first.stdout
 
     second = e2e.dvc("repro", cwd=root)
     assert "Running stage" not in second.stdout

@@ -325,11 +325,13 @@ def models_promote(
     models: Annotated[Path, typer.Option(help="the models folder")] = Path("models"),
 ) -> None:
     """Make a version the champion by hand (recorded in the registry's decisions)."""
+    from voxelflow.lock import WorkspaceBusyError, workspace_lock
     from voxelflow.registry import set_champion
 
     try:
-        set_champion(models, version, reason)
-    except ValueError as error:
+        with workspace_lock(models.resolve().parent, "voxelflow models promote"):
+            set_champion(models, version, reason)
+    except (ValueError, WorkspaceBusyError) as error:
         _fail(error)
     typer.echo(f"{version} is the champion")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from voxelflow.dataset import read_index, read_rows
+from voxelflow.dataset import load_npy, read_index, read_rows
 from voxelflow.seeding import rng_for
 
 
@@ -43,9 +43,9 @@ class VolumeSource:
         """Volume ``index`` as float32 (depth, height, width)."""
         file, offset = self.files[index], self.offsets[index]
         if offset < 0:
-            return np.load(file).astype(np.float32)
+            return load_npy(file).astype(np.float32)
         if file not in self._maps:
-            self._maps[file] = np.load(file, mmap_mode="r")
+            self._maps[file] = load_npy(file, mmap=True)
         return np.asarray(self._maps[file][offset], dtype=np.float32)
 
 

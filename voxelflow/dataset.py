@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxelflow.atomic import unescape_cell
 from voxelflow.preprocess import PreprocessSpec
 
 INDEX = "index.csv"
@@ -20,12 +21,16 @@ SPEC = "preprocess.json"
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a CSV written by voxelflow, as dicts; ``ValueError`` names a missing file."""
+    """Rows of a CSV written by voxelflow (cells unescaped, see ``atomic.escape_cell``), as
+    dicts; ``ValueError`` names a missing file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: not found; run the stage that writes it first")
     with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [
+            {key: unescape_cell(value) for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def read_index(
@@ -40,8 +45,17 @@ def read_spec(directory: str | Path) -> PreprocessSpec:
     return PreprocessSpec.from_dict(json.loads((Path(directory) / SPEC).read_text()))
 
 
+def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` array, never unpickling (``allow_pickle=False``: a pickled object array,
+    which could run code, is refused with ``ValueError`` naming the file)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a plain numeric array ({error})") from None
+
+
 def load_array(directory: str | Path, row: dict[str, str], mmap: bool = False) -> np.ndarray:
-    return np.load(Path(directory) / row["array"], mmap_mode="r" if mmap else None)
+    return load_npy(Path(directory) / row["array"], mmap)
 
 
 def class_names(directory: str | Path) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from voxelflow.atomic import TEMPORARY_SUFFIX, fsync_file, temporary_prefix
+
 # A primary file per volume; the data file of a pair travels with its header.
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".mnc", ".hdr", ".hdr.gz")
 COMPANIONS = {".hdr": (".img", ".img.gz"), ".hdr.gz": (".img.gz", ".img")}
@@ -131,6 +133,36 @@ def _volume_shape(path: Path, shape: tuple[int, ...], volume_index: int | None):
     return shape, None
 
 
+SPACING_RANGE_MM = (1e-4, 1e4)
+"""Voxel sizes outside this range are a broken header, not a scan."""
+
+
+def _checked_affine(path: Path, image) -> np.ndarray:
+    """The voxel-to-world affine, refused when it cannot place the voxels in the world: not
+    finite, singular, an axis with no clear direction, or implausible voxel sizes."""
+    try:
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as error:  # a header nibabel could parse but not turn into an affine
+        raise VolumeError(f"{path}: no usable affine: {type(error).__name__}: {error}") from None
+    with np.errstate(all="ignore"):
+        usable = np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) >= 1e-9
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not usable:
+        raise VolumeError(f"{path}: the affine is singular or not finite:\n{affine}")
+    low, high = SPACING_RANGE_MM
+    if not np.all((spacing >= low) & (spacing <= high)):
+        raise VolumeError(
+            f"{path}: voxel sizes {spacing.tolist()} mm are outside [{low}, {high}] mm: "
+            "a broken header"
+        )
+    if any(code is None for code in nib.aff2axcodes(affine)):
+        raise VolumeError(
+            f"{path}: the affine has a voxel axis with no clear direction "
+            f"(orientation {nib.aff2axcodes(affine)}):\n{affine}"
+        )
+    return affine
+
+
 def load_volume(
     path: str | Path,
     max_voxels: int | None = None,
@@ -162,20 +194,15 @@ def load_volume(
     shape, index = _volume_shape(path, full_shape, volume_index)
     disk_dtype = np.dtype(image.get_data_dtype())
     if disk_dtype.kind == "c" or disk_dtype.fields is not None:
-        raise VolumeError(
-            f"{path}: complex or RGB voxels ({disk_dtype}) are not a scalar volume"
-        )
+        raise VolumeError(f"{path}: complex or RGB voxels ({disk_dtype}) are not a scalar volume")
     if disk_dtype.kind not in "biuf":
         raise VolumeError(f"{path}: voxel type {disk_dtype} is not numeric")
     voxels = int(np.prod(shape))
     if max_voxels is not None and voxels > max_voxels:
         raise VolumeError(
-            f"{path}: {voxels} voxels {shape} exceeds the limit of {max_voxels} "
-            "(ingest.max_voxels)"
+            f"{path}: {voxels} voxels {shape} exceeds the limit of {max_voxels} (ingest.max_voxels)"
         )
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise VolumeError(f"{path}: the affine is singular or not finite:\n{affine}")
+    affine = _checked_affine(path, image)
     try:
         if index is None:
             data = image.get_fdata(dtype=np.float32, caching="unchanged")
@@ -233,10 +260,13 @@ def save_volume(
     image.set_data_dtype(np.dtype(dtype))
     image.header.set_xyzt_units("mm", "sec")
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX + suffix, dir=path.parent
+    )
     os.close(handle)
     try:
         nib.save(image, temporary)
+        fsync_file(temporary)
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from voxelflow.atomic import atomic_path
 from voxelflow.augment import Transform, apply_transform, sample_transform
+from voxelflow.dataset import load_npy
 from voxelflow.params import Params
 from voxelflow.seeding import rng_for
 
@@ -23,7 +24,7 @@ def load_for_preview(path: str | Path, params: Params) -> tuple[np.ndarray, tupl
     extensions, which is the cache's id only if ingest gave it that id)."""
     path = Path(path)
     if path.suffix == ".npy":
-        volume = np.load(path).astype(np.float32)
+        volume = load_npy(path).astype(np.float32)
         spec_file = path.parent.parent / "preprocess.json"
         try:
             spacing = tuple(json.loads(spec_file.read_text())["target_spacing_mm"])

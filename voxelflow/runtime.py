@@ -3,16 +3,21 @@ and a bounded per-volume executor (a local process pool or a Dask cluster)."""
 
 from __future__ import annotations
 
+import errno
 import itertools
+import json
 import logging
 import os
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm import tqdm
+
+from voxelflow.lock import WorkspaceBusyError, workspace_lock
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -38,6 +43,65 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "absl", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+RESOURCE_ERRORS = {
+    errno.ENOSPC: "the disk is full; free some space",
+    errno.EDQUOT: "the disk quota is exhausted; free some space",
+    errno.EROFS: "the file system is read-only; make it writable",
+    errno.EACCES: "permission denied; make the folder writable for this user",
+    errno.EPERM: "operation not permitted; make the folder writable for this user",
+    errno.EFBIG: "the file is larger than this system allows",
+}
+
+
+def describe_os_error(stage: str, error: OSError) -> str | None:
+    """A one-paragraph message for a resource failure (full disk, read-only folder...), or
+    None for other ``OSError``s."""
+    advice = RESOURCE_ERRORS.get(error.errno)
+    if advice is None:
+        return None
+    where = error.filename or "its output"
+    return (
+        f"{stage}: cannot write {where}: {os.strerror(error.errno)} "
+        f"({errno.errorcode[error.errno]}). {advice[0].upper()}{advice[1:]} and rerun. "
+        "Nothing was replaced: the previous output, if any, is intact, and no partial output "
+        "was left in its place."
+    )
+
+
+def is_secondary_worker() -> bool:
+    """Whether ``TF_CONFIG`` makes this process a worker of a multi-worker cluster other
+    than the one that writes the outputs (the chief, or worker 0 where there is no chief)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task, cluster = config.get("task", {}), config.get("cluster", {})
+        if "chief" in cluster:
+            return task.get("type") != "chief"
+        return task.get("type") == "worker" and int(task.get("index", 0)) != 0
+    except (ValueError, AttributeError, TypeError):
+        return False  # devices.py reports a malformed TF_CONFIG
+
+
+@contextmanager
+def stage_process(stage: str, workspace: str = ".") -> Iterator[None]:
+    """The frame of a stage's ``main``: logging, the workspace lock, and a clear one-line
+    error (exit status 1) for a locked workspace or a full or read-only disk."""
+    setup_logging()
+    try:
+        if is_secondary_worker():  # the chief of a multi-worker cluster holds the lock
+            yield
+            return
+        with workspace_lock(workspace, f"stage {stage}"):
+            yield
+    except WorkspaceBusyError as error:
+        raise SystemExit(f"{stage}: {error}") from None
+    except OSError as error:
+        message = describe_os_error(stage, error)
+        if message is None:
+            raise
+        logging.getLogger(f"voxelflow.stages.{stage}").debug("resource error", exc_info=True)
+        raise SystemExit(message) from None
 
 
 DASK_CONNECT_TIMEOUT = "10s"

@@ -39,16 +39,11 @@ def test_stage_order_comes_from_dvc(tmp_path, tiny_params_dict):
         assert order.index(before) < order.index(after)
 
 
-def test_flow_runs_each_stage_as_a_task_and_publishes_metrics(
-    tmp_path, tiny_params_dict, prefect_harness
-):
+def test_flow_runs_each_stage_as_a_task_and_publishes_metrics(repro_reference):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    root = e2e.make_repository(
-        tmp_path, e2e.merged(tiny_params_dict, {"finetune": {"epochs": 2}})
-    )  # Keras prints "Epoch k/n" (the progress artifact's source) only for n > 1
-    state = pipeline(root=str(root), return_state=True)
+    root, state = repro_reference["root"], repro_reference["state"]
     assert state.is_completed()
     result = state.result()
     assert result["stages"] == {name: "ran" for name in STAGES}
