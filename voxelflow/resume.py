@@ -34,6 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from voxelflow.atomic import fsync_file, write_text
 from voxelflow.models import leaf_layers
 
 log = logging.getLogger("voxelflow.resume")
@@ -111,6 +112,45 @@ class AtomicBestCheckpoint(keras.callbacks.ModelCheckpoint):
         super().on_epoch_end(epoch, logs)
         if partial.is_file():
             os.replace(partial, self.final)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup cannot be torn by a kill.
+
+    Keras overwrites ``latest.weights.h5`` and then ``training_metadata.json`` in place: a
+    kill inside the first leaves a torn weights file, inside the second an empty metadata
+    file that fails every later resume, and between the two new weights under the old epoch
+    count (the resumed run would redo an epoch from the wrong weights). Here each epoch's
+    weights go to their own file, renamed into place when complete, and the metadata,
+    replaced atomically, names the file it belongs to: the backup is the previous epoch's or
+    this one's, whole.
+    """
+
+    def _save_model(self):
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:05d}.weights.h5"
+        partial = folder / f"partial-{os.getpid()}.weights.h5"
+        self.model.save_weights(str(partial), overwrite=True)
+        fsync_file(partial)
+        os.replace(partial, folder / name)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        write_text(self._training_metadata_path, json.dumps(metadata))
+        for old in folder.glob("*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def _load_model(self):
+        path = Path(self._training_metadata_path)
+        if not path.is_file():
+            return
+        metadata = json.loads(path.read_text())
+        if not self.model.built:
+            raise ValueError(f"{self.model.name}: build the model before resuming it")
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(Path(self.backup_dir) / metadata["weights"]))
+        self.model._initial_epoch = metadata["epoch"]
 
 
 class Checkpoints:
@@ -218,7 +258,7 @@ class Checkpoints:
                     )
                 )
         # last: an epoch counts as done only once its log line and its best model are saved
-        backup = keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False)
+        backup = AtomicBackupAndRestore(folder, delete_checkpoint=False)
         model._initial_epoch = None  # Keras keeps the epoch a previous phase resumed at
         model.fit(
             data(start),

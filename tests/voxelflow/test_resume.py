@@ -188,3 +188,33 @@ def test_a_later_phase_keeps_the_best_of_earlier_phases_but_restarts_the_patienc
     fresh = Checkpoints(tmp_path / "fresh", "d" * 64)
     _tiny_fit(fresh, "phase2", 1, {})
     assert fresh.best.is_file()
+
+
+def test_a_backup_torn_by_a_kill_is_never_resumed_from(tmp_path):
+    import tensorflow as tf
+
+    from voxelflow.resume import AtomicBackupAndRestore
+
+    def fit(epochs: int) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        data = tf.data.Dataset.from_tensors((np.ones((4, 2), "f"), np.zeros((4, 1), "f")))
+        backup = AtomicBackupAndRestore(tmp_path, delete_checkpoint=False)
+        model.fit(data.repeat(), epochs=epochs, steps_per_epoch=1, callbacks=[backup], verbose=0)
+        return model
+
+    after_two = [np.asarray(weight) for weight in fit(2).weights]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "epoch-00002.weights.h5",
+        "training_metadata.json",
+    ]
+    # killed while writing epoch 3's weights: a torn partial file, the metadata untouched
+    (tmp_path / "partial-999.weights.h5").write_bytes(b"\x89HDF\r\n torn")
+    resumed = fit(2)  # nothing left to do: epoch 2's weights, whole
+    for mine, saved in zip(resumed.weights, after_two, strict=True):
+        assert np.array_equal(np.asarray(mine), saved)
+    fit(3)
+    metadata = json.loads((tmp_path / "training_metadata.json").read_text())
+    assert metadata == {"epoch": 3, "batch": 0, "weights": "epoch-00003.weights.h5"}
+    assert not (tmp_path / "epoch-00002.weights.h5").exists()
