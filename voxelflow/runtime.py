@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from voxelflow.atomic import disk_full
 from voxelflow.lock import WorkspaceBusyError, workspace_lock
 
 Item = TypeVar("Item")
@@ -97,6 +98,8 @@ def stage_process(stage: str, workspace: str = ".") -> Iterator[None]:
     except WorkspaceBusyError as error:
         raise SystemExit(f"{stage}: {error}") from None
     except OSError as error:
+        if error.errno is None and disk_full(workspace):  # a short write (h5py, NumPy...)
+            error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), error.filename)
         message = describe_os_error(stage, error)
         if message is None:
             raise

@@ -181,3 +181,17 @@ def test_a_really_full_and_then_read_only_disk(tiny_data, tiny_params_dict, tmp_
     )
     assert tree_bytes(report / "after-freed") == tree_bytes(reference)
     assert json.loads((reference / "preprocess.json").read_text())["target_shape"] == [32] * 3
+
+
+def test_a_short_write_without_an_errno_on_a_full_disk_reads_as_enospc(tmp_path, monkeypatch):
+    """h5py and NumPy report a full disk as a short write with no errno."""
+    from voxelflow import runtime
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runtime, "disk_full", lambda folder: True)
+    with pytest.raises(SystemExit) as failure, runtime.stage_process("pretrain"):
+        raise OSError("Can't write data (file write failed: 4096 requested, 512 written)")
+    assert "No space left on device (ENOSPC)" in str(failure.value)
+    monkeypatch.setattr(runtime, "disk_full", lambda folder: False)
+    with pytest.raises(OSError, match="Can't write data"), runtime.stage_process("pretrain"):
+        raise OSError("Can't write data")  # not a full disk: the error as it was
