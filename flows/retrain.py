@@ -85,6 +85,7 @@ def champion_metrics(root: str, seed: int) -> dict | None:
     """The champion's metrics on the volumes the challenger was evaluated on (the test
     split of the preprocessed data), scored as the evaluate stage scores (None without a
     champion)."""
+    from voxelflow.bundle import add_checksums
     from voxelflow.dataset import read_index
 
     models = Path(root) / MODELS
@@ -93,6 +94,8 @@ def champion_metrics(root: str, seed: int) -> dict | None:
         return None
     params = load_params(Path(root) / "params.yaml")
     ids = [row["id"] for row in read_index(Path(root) / "data" / "preprocessed", ("test",))]
+    # a champion promoted before bundles carried checksums: verified by the registry's hash
+    add_checksums(registry.version_dir(models, entry["version"]), entry["model_hash"])
     metrics = registry.evaluate_on_split(
         registry.version_dir(models, entry["version"]),
         Path(root) / "data" / "ingested" / "manifest.csv",

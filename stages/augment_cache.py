@@ -31,7 +31,13 @@ from voxelflow.atomic import (
 from voxelflow.augment import apply_transform, sample_transform
 from voxelflow.dataset import INDEX, SPEC, class_names, load_array, read_index, read_spec
 from voxelflow.params import AugmentParams, Params, load_params
-from voxelflow.runtime import add_compute_options, compute_options, iter_items, stage_process
+from voxelflow.runtime import (
+    add_compute_options,
+    code_fingerprint,
+    compute_options,
+    iter_items,
+    stage_process,
+)
 from voxelflow.seeding import rng_for
 
 log = logging.getLogger("voxelflow.stages.augment_cache")
@@ -84,6 +90,7 @@ def run(
         params.seed,
         file_sha256(Path(preprocessed_dir) / INDEX),
         file_sha256(Path(preprocessed_dir) / SPEC),
+        code_fingerprint(),  # also stands for the arrays: same index and spec, same code
     )
     with atomic_dir(out_dir, OUTPUTS, resume_key=key) as staging:
         (staging / "shards").mkdir(exist_ok=True)

@@ -32,7 +32,13 @@ from voxelflow.dataset import INDEX, SPEC, read_rows
 from voxelflow.fingerprint import resolve_spec
 from voxelflow.params import Params, load_params
 from voxelflow.preprocess import PreprocessSpec, preprocess_manifest_row
-from voxelflow.runtime import add_compute_options, compute_options, iter_items, stage_process
+from voxelflow.runtime import (
+    add_compute_options,
+    code_fingerprint,
+    compute_options,
+    iter_items,
+    stage_process,
+)
 
 log = logging.getLogger("voxelflow.stages.preprocess")
 
@@ -66,19 +72,25 @@ def run(
     classes = json.loads(manifest_csv.with_name("ingest_report.json").read_text())["classes"]
     workers, dask_address = compute_options(params.compute, workers, dask_address)
     source = str(Path(data_dir).resolve())  # workers may run elsewhere (Dask)
-    key = resume_key("preprocess", spec.to_dict(), classes, file_sha256(manifest_csv), source)
+    key = resume_key(
+        "preprocess",
+        spec.to_dict(),
+        classes,
+        file_sha256(manifest_csv),
+        source,
+        code_fingerprint(),
+    )
     with atomic_dir(out_dir, OUTPUTS, resume_key=key) as staging:
         (staging / "arrays").mkdir(exist_ok=True)
         journal = Journal(staging)
-        finished = journal.finished()  # by a killed run with the same inputs: kept
+        finished = journal.finished()  # done by a killed run with the same inputs: kept
         todo = [row for row in rows if row["id"] not in finished]
         if finished:
             log.info("preprocess: resuming; %d of %d volumes done", len(finished), len(rows))
         jobs = ((row, source, spec) for row in todo)
         results = iter_items(preprocess_row, jobs, workers, "preprocess", dask_address)
         for row, (result, array) in zip(todo, results, strict=True):
-            if array is None:
-                journal.record(row["id"], (), failed=result)
+            if array is None:  # not journalled: a failure may be passing, so retried
                 finished[row["id"]] = {"failed": result}
                 continue
             relative = f"arrays/{row['id']}.npy"

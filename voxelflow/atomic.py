@@ -225,9 +225,11 @@ def _resumable_staging(path: Path, resume_key: str) -> Path:
     staging = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
     key_file = staging / RESUME_FOLDER / "key"
     if staging.is_dir() and key_file.is_file() and key_file.read_text() == resume_key:
-        sweep_stale(staging)
+        for folder, _, _ in os.walk(staging):  # a kill inside a write leaves its temporary
+            sweep_stale(folder)
         return staging
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.exists():
+        shutil.rmtree(staging)  # another run's leftovers: gone, or an error (never mixed)
     (staging / RESUME_FOLDER).mkdir(parents=True)
     key_file.write_text(resume_key)
     return staging
@@ -274,7 +276,12 @@ class Journal:
             "files": {name: file_sha256(self.staging / name) for name in files},
             **data,
         }
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with open(self.path, "a+", encoding="utf-8") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell():  # after a line torn by a kill, start a new one
+                handle.seek(handle.tell() - 1)
+                if handle.read(1) != "\n":
+                    handle.write("\n")
             handle.write(json.dumps(entry) + "\n")
 
 

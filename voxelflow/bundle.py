@@ -9,7 +9,7 @@ import keras
 
 import voxelflow.models  # also registers the custom layers for safe_mode loading
 import voxelflow.optimizers  # noqa: F401  (registers LayerwiseAdamW, saved with phase-2 models)
-from voxelflow.atomic import file_sha256
+from voxelflow.atomic import file_sha256, write_json
 
 MODEL = "model.keras"
 BUNDLE = "bundle.json"
@@ -50,6 +50,24 @@ def verify_bundle(model_dir: str | Path, bundle: dict) -> None:
                 f"recorded {digest[:12]}...); refusing to use it: restore the bundle or "
                 "retrain"
             )
+
+
+def add_checksums(model_dir: str | Path, model_hash: str) -> bool:
+    """Gives a bundle made before bundles carried checksums its ``files`` entry, once its
+    model is verified against ``model_hash`` (the SHA-256 the registry recorded when it
+    promoted it). Returns whether bundle.json was rewritten."""
+    model_dir = Path(model_dir)
+    bundle = json.loads((model_dir / BUNDLE).read_text())
+    if isinstance(bundle.get("files"), dict):
+        return False
+    actual = file_sha256(model_dir / MODEL)
+    if actual != model_hash:
+        raise ValueError(
+            f"{model_dir / MODEL}: modified after it was registered (SHA-256 {actual[:12]}..., "
+            f"the registry recorded {model_hash[:12]}...); refusing to use it"
+        )
+    write_json(model_dir / BUNDLE, {**bundle, "files": bundle_checksums(model_dir)})
+    return True
 
 
 def load_bundle(model_dir: str | Path) -> tuple[keras.Model, dict]:

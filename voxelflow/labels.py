@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from voxelflow.atomic import unescape_cell
 from voxelflow.nifti import ALL_SUFFIXES, is_volume_file
 
 REQUIRED_COLUMNS = ("id", "label")
@@ -86,7 +87,8 @@ def read_table(labels_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
     reader.fieldnames = header
     rows = []
     for row in reader:
-        cells = {key: (value or "").strip() for key, value in row.items() if key}
+        # unescaped: voxelflow's own tables (synth, import-npz) escape spreadsheet formulas
+        cells = {key: unescape_cell((value or "").strip()) for key, value in row.items() if key}
         if None in row:
             cells["__extra__"] = "too many cells"
         cells["__line__"] = str(reader.line_num)  # the file's line, blank lines counted

@@ -149,7 +149,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             raise ValueError(f"{self.model.name}: build the model before resuming it")
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(str(Path(self.backup_dir) / metadata["weights"]))
+        # "weights" is missing from a backup Keras's own BackupAndRestore wrote
+        weights = metadata.get("weights", "latest.weights.h5")
+        self.model.load_weights(str(Path(self.backup_dir) / weights))
         self.model._initial_epoch = metadata["epoch"]
 
 

@@ -13,12 +13,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 from voxelflow.atomic import disk_full
-from voxelflow.lock import WorkspaceBusyError, workspace_lock
+from voxelflow.lock import WorkspaceBusyError, stage_lock
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -84,6 +85,25 @@ def is_secondary_worker() -> bool:
         return False  # devices.py reports a malformed TF_CONFIG
 
 
+def code_fingerprint(libraries: Sequence[str] = ("numpy", "scipy", "nibabel")) -> str:
+    """A digest of voxelflow's code (the ``voxelflow`` and ``stages`` packages) and the
+    versions of ``libraries``: work saved by a killed run is resumed only by the same code."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for package in ("voxelflow", "stages"):
+        for path in sorted((root / package).glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for library in libraries:
+        try:
+            digest.update(f"{library}=={version(library)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"{library}: absent".encode())
+    return digest.hexdigest()
+
+
 @contextmanager
 def stage_process(stage: str, workspace: str = ".") -> Iterator[None]:
     """The frame of a stage's ``main``: logging, the workspace lock, and a clear one-line
@@ -93,7 +113,7 @@ def stage_process(stage: str, workspace: str = ".") -> Iterator[None]:
         if is_secondary_worker():  # the chief of a multi-worker cluster holds the lock
             yield
             return
-        with workspace_lock(workspace, f"stage {stage}"):
+        with stage_lock(workspace, stage):
             yield
     except WorkspaceBusyError as error:
         raise SystemExit(f"{stage}: {error}") from None

@@ -87,11 +87,18 @@ def test_the_journal_trusts_only_verified_items(tmp_path):
     (staging / "b").write_text("changed after it was recorded")
     with open(staging / ".resume" / "journal.jsonl", "a") as handle:
         handle.write('{"key": "d", "files": {')  # torn by the kill
+    (staging / "arrays").mkdir()
+    torn = staging / "arrays" / f".d.npy.{_dead_pid()}.x1y2z3.tmp"  # killed inside a write
+    torn.write_text("half")
     with atomic_dir(out, resume_key=key) as again:
         assert again == staging
+        assert not torn.exists()
         assert sorted(Journal(again).finished()) == ["a", "c"]
         assert Journal(again).finished()["a"]["row"] == {"id": "a"}
-    assert sorted(path.name for path in out.iterdir()) == ["a", "b", "c"]  # no journal
+        (again / "e").write_text("e")
+        Journal(again).record("e", ("e",))  # after the torn line: a line of its own
+        assert sorted(Journal(again).finished()) == ["a", "c", "e"]
+    assert sorted(path.name for path in out.iterdir()) == ["a", "arrays", "b", "c", "e"]
     assert not staging.exists()
 
 

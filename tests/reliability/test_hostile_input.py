@@ -86,6 +86,18 @@ def test_tables_cannot_reach_outside_the_data_folder_or_inject_formulas(tmp_path
         assert [cell for cell in dangerous if not _is_number(cell)] == [], table
 
 
+def test_tables_voxelflow_writes_read_back_unchanged(tmp_path):
+    """synth and import-npz write labels.csv escaped; ingest reads it back as written."""
+    from voxelflow.atomic import write_csv
+    from voxelflow.labels import read_table
+
+    rows = [{"id": "a1", "path": "a1.nii.gz", "label": "-ve", "subject": FORMULA}]
+    write_csv(tmp_path / "labels.csv", rows, ("id", "path", "label", "subject"))
+    assert "'-ve" in (tmp_path / "labels.csv").read_text()
+    _, read = read_table(tmp_path / "labels.csv")
+    assert {key: read[0][key] for key in rows[0]} == rows[0]
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -211,6 +223,8 @@ def test_unsafe_models_are_refused(tmp_path):
 
 
 def test_a_tampered_bundle_is_refused_by_predict(trained, tiny_data, tmp_path):
+    from voxelflow.atomic import file_sha256
+    from voxelflow.bundle import add_checksums
     from voxelflow.cli import app
     from voxelflow.predictor import predict
 
@@ -235,3 +249,8 @@ def test_a_tampered_bundle_is_refused_by_predict(trained, tiny_data, tmp_path):
     (unverifiable / "bundle.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="no checksums"):
         predict(unverifiable, scans, batch_size=2)
+    # a bundle registered before checksums existed: verified by the registry's model hash
+    with pytest.raises(ValueError, match="modified after it was registered"):
+        add_checksums(unverifiable, "0" * 64)
+    assert add_checksums(unverifiable, file_sha256(unverifiable / "model.keras"))
+    assert len(predict(unverifiable, scans, batch_size=2).rows) == 2

@@ -4,6 +4,7 @@ leaves no stale lock; the stages of the run that holds it go on."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,13 @@ import time
 import pytest
 
 from tests.reliability.helpers import kill_group, stage_command, start, write_params
-from voxelflow.lock import LOCK_FILE, TOKEN_VARIABLE, WorkspaceBusyError, workspace_lock
+from voxelflow.lock import (
+    LOCK_FILE,
+    TOKEN_VARIABLE,
+    WorkspaceBusyError,
+    stage_lock,
+    workspace_lock,
+)
 
 HOLD = (
     "import sys, time\n"
@@ -102,3 +109,62 @@ def test_a_pipeline_run_is_refused_while_another_holds_the_workspace(
 
     with pytest.raises(WorkspaceBusyError, match=f"pid {holder.pid}"):
         pipeline(root=str(tmp_path))
+
+
+POOL = (
+    "import multiprocessing, sys, time\n"
+    "from voxelflow.lock import workspace_lock\n"
+    "def idle(_):\n"
+    "    time.sleep(600)\n"
+    "if __name__ == '__main__':\n"
+    "    with workspace_lock(sys.argv[1], 'pool holder'):\n"
+    "        pool = multiprocessing.get_context('fork').Pool(2)\n"
+    "        pool.map_async(idle, range(2))\n"
+    "        time.sleep(1)\n"
+    "        print('held', flush=True)\n"
+    "        time.sleep(600)\n"
+)
+
+
+def test_the_lock_dies_with_its_holder_even_if_its_pool_workers_live_on(tmp_path):
+    """A stage killed alone leaves its forked workers behind; they must not keep the lock."""
+    process = start([sys.executable, "-c", POOL, str(tmp_path)], tmp_path)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        os.kill(process.pid, signal.SIGKILL)  # the stage only, not its process group
+        process.wait()
+        with workspace_lock(tmp_path, "after the crash") as record:
+            assert record["pid"] == os.getpid()
+    finally:
+        kill_group(process)
+
+
+ORPHAN = (
+    "import subprocess, sys, time\n"
+    "from voxelflow.lock import workspace_lock\n"
+    "stage = 'import sys, time\\nfrom voxelflow.lock import stage_lock\\n' \\\n"
+    "    'with stage_lock(sys.argv[1], \"preprocess\"):\\n' \\\n"
+    "    '    print(\"stage\", flush=True)\\n    time.sleep(600)\\n'\n"
+    "with workspace_lock(sys.argv[1], 'flow'):\n"
+    "    child = subprocess.Popen([sys.executable, '-c', stage, sys.argv[1]],\n"
+    "                             stdout=subprocess.PIPE, text=True)\n"
+    "    child.stdout.readline()\n"
+    "    print(child.pid, flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+def test_a_stage_orphaned_by_its_dead_run_still_blocks_a_new_runs_stage(tmp_path):
+    process = start([sys.executable, "-c", ORPHAN, str(tmp_path)], tmp_path)
+    try:
+        orphan = int(process.stdout.readline())
+        os.kill(process.pid, signal.SIGKILL)  # the run dies; its stage goes on
+        process.wait()
+        with (
+            workspace_lock(tmp_path, "new run"),  # the run's lock is free again...
+            pytest.raises(WorkspaceBusyError, match=f"pid {orphan} .*stage preprocess"),
+            stage_lock(tmp_path, "preprocess"),  # ...but not the stage's
+        ):
+            pass
+    finally:
+        kill_group(process)

@@ -111,6 +111,7 @@ def test_dvc_repro_killed_repeatedly_ends_identical_to_an_uninterrupted_run(
             return bool(seen) and time.monotonic() - seen[0] > delay
 
         killed_in.append(run.kill_after(inside))
+    assert None not in killed_in and {"pretrain", "finetune"} & set(killed_in), killed_in
     final = e2e.dvc("repro", cwd=root)
     assert "Running stage" in final.stdout, killed_in
     status = e2e.dvc("status", cwd=root).stdout

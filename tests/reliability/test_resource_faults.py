@@ -161,11 +161,15 @@ def test_a_really_full_and_then_read_only_disk(tiny_data, tiny_params_dict, tmp_
     assert read("full.rc").strip() == "1", read("full.err")
     assert "No space left on device (ENOSPC)" in read("full.err")
     assert "free some space and rerun" in read("full.err")
-    assert read("full.ls").split() == [".preprocessed.partial", ".voxelflow.lock"]
+    assert read("full.ls").split() == [
+        ".preprocessed.partial",
+        ".voxelflow.lock",
+        ".voxelflow.stage.lock",
+    ]
     # space freed: resumes and completes, nothing left over
     assert read("freed.rc").strip() == "0", read("freed.err")
     assert "resuming" in read("freed.err")
-    assert read("freed.ls").split() == [".voxelflow.lock", "preprocessed"]
+    assert read("freed.ls").split() == [".voxelflow.lock", ".voxelflow.stage.lock", "preprocessed"]
     # read-only: a clear error and the previous output untouched
     assert read("ro.rc").strip() == "1"
     assert "Read-only file system (EROFS)" in read("ro.err"), read("ro.err")
