@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test lint install clean
+.PHONY: demo test bench ablate lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -28,6 +28,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=10
+
+# Every CPU benchmark of benchmarks/, figures written into benchmarks/RESULTS.md (run it on
+# an otherwise idle machine; TorchIO/MONAI are timed too when the `bench` extras are there).
+bench: $(STAMP)
+	$(PYTHON) benchmarks/run_all.py
+
+# The ablation of benchmarks/ablation.yaml as DVC experiments -> reports/ablation.md (hours).
+ablate: $(STAMP)
+	$(VENV)/bin/voxelflow ablate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

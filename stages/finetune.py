@@ -100,6 +100,12 @@ def run(
     if tune.augmentation == "online":
         train = preprocessed_source(preprocessed_dir, ("train",), classes)
         digest = data_digest(preprocessed_dir, ("train", "val"))
+    elif tune.augmentation == "none":  # the originals as often as the cache's copies: the
+        originals = preprocessed_source(preprocessed_dir, ("train",), classes)
+        train = originals  # same steps per epoch, without augmentation (the ablation's "off")
+        for _ in range(params.augment.copies + (1 if tune.include_originals else 0) - 1):
+            train = train.extend(originals)
+        digest = data_digest(preprocessed_dir, ("train", "val"))
     else:
         train = cache_source(augmented_dir, classes)
         if tune.include_originals:

@@ -290,6 +290,48 @@ def dashboard(
             process.wait()
 
 
+@app.command("ablate")
+def ablate(
+    design: Annotated[
+        Path, typer.Option(help="the ablation design (levers, levels, seeds)")
+    ] = Path("benchmarks/ablation.yaml"),
+    out: Annotated[Path, typer.Option(help="the table (markdown); .png and .json beside it")] = (
+        Path("reports/ablation.md")
+    ),
+    root: Annotated[Path, typer.Option(help="the voxelflow repository")] = Path("."),
+    plan: Annotated[bool, typer.Option("--plan", help="list the experiments, run nothing")] = (
+        False
+    ),
+    collect: Annotated[
+        bool, typer.Option("--collect", help="only rebuild the table from dvc exp show")
+    ] = False,
+) -> None:
+    """Run an ablation as DVC experiments (one per configuration and seed) and tabulate what
+    each lever buys: mean, spread and intervals over seeds, effects paired by seed."""
+    quiet_environment()
+    from flows import ablation as ablation_flow
+
+    try:
+        if plan:
+            _, experiments = ablation_flow.plan(str(root), str(design))
+            for experiment in experiments:
+                settings = " ".join(experiment.arguments()[1::2])
+                typer.echo(f"{experiment.name}  {settings}")
+            typer.echo(f"{len(experiments)} experiments")
+            return
+        result = ablation_flow.ablate(
+            root=str(root), design=str(design), out=str(out), run=not collect
+        )
+    except ValueError as error:
+        _fail(error)
+    typer.echo(
+        f"wrote {out}: {result['experiments']} experiments, {result['ran']} run now, "
+        f"{len(result['failed'])} failed"
+    )
+    if result["failed"]:
+        raise typer.Exit(code=1)
+
+
 models_app = typer.Typer(help="The model registry: promoted versions and the champion.")
 app.add_typer(models_app, name="models")
 

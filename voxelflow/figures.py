@@ -195,3 +195,30 @@ def slices_gallery(items: list[dict], path, title: str = "") -> Path:
         figure.suptitle(title)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def ablation_figure(rows: list[dict], path) -> Path:
+    """Each cell of the ablation: the seeds' values and their mean ± standard deviation, for
+    balanced accuracy and macro AUC side by side, grouped by regime."""
+    labels = [
+        f"{row['regime']} · "
+        + ("baseline" if row["lever"] == "baseline" else f"{row['lever']}={row['level']}")
+        for row in rows
+    ]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.5), sharey=True)
+    for axis, metric, title in (
+        (axes[0], "balanced_accuracy", "test balanced accuracy"),
+        (axes[1], "macro_auc_ovr", "test macro AUC"),
+    ):
+        for index, row in enumerate(rows):
+            cell = row.get(metric)
+            if not cell:
+                continue
+            color = "black" if row["lever"] == "baseline" else "tab:blue"
+            axis.errorbar(cell["mean"], index, xerr=cell["std"], fmt="o", color=color, capsize=3)
+            axis.scatter(cell["values"], [index] * len(cell["values"]), s=10, color="gray")
+        axis.set_title(title)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), labels)
+    axes[0].invert_yaxis()
+    return _save(figure, path)

@@ -329,7 +329,9 @@ class FinetuneParams(Section):
     learning_rate: PositiveFloat = 1e-3
     # the first N encoder blocks, or block names such as [stem, stage1_block1]
     frozen_blocks: Annotated[int, Field(ge=0)] | list[str] = 1
-    augmentation: Literal["cache", "online"] = "cache"
+    # cache: the augment-cache copies (+ originals); online: fresh copies every epoch;
+    # none: the original volumes only, repeated to as many samples per epoch as the cache
+    augmentation: Literal["cache", "online", "none"] = "cache"
     include_originals: bool = True
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
     patience: int = Field(10, ge=1)

@@ -158,6 +158,31 @@ def test_finetune_online_augmentation(trained, tiny_data, tiny_params, tmp_path)
     assert 0 < bundle["train_samples"] < train_volumes  # the originals, not the cache copies
 
 
+def test_finetune_without_augmentation_sees_only_originals_as_often(
+    trained, tiny_data, tiny_params, tmp_path
+):
+    params = tiny_params.model_copy(deep=True)
+    params.finetune.augmentation = "none"
+    finetune.run(
+        trained / "pretrained",
+        tmp_path / "no-cache-needed",
+        tiny_data["preprocessed"],
+        tmp_path / "plain",
+        params,
+    )
+    bundle = json.loads((tmp_path / "plain" / "bundle.json").read_text())
+    cached = json.loads((trained / "classifier" / "bundle.json").read_text())
+    assert bundle["train_samples"] == cached["train_samples"]  # the same steps per epoch
+    originals = len(
+        [
+            row
+            for row in read_rows(tiny_data["preprocessed"] / "index.csv")
+            if row["split"] == "train"
+        ]
+    )
+    assert bundle["train_samples"] == originals * (params.augment.copies + 1)
+
+
 def _encoder_weights(path) -> dict[str, list[np.ndarray]]:
     model = keras.saving.load_model(path, safe_mode=True)
     encoder = model if model.name == "encoder" else model.get_layer("encoder")

@@ -1,0 +1,164 @@
+"""The ablation flow: every experiment of a design as a ``dvc exp run``, then the table.
+
+    voxelflow ablate --design benchmarks/ablation.yaml
+
+Each experiment (a configuration under one seed, see ``voxelflow/ablation.py``) runs the
+whole pipeline with ``dvc exp run --name <experiment> -S key=value ...`` in this workspace,
+one after the other, as a Prefect task (so the dashboard shows them); stages whose inputs
+did not change come back from DVC's run cache. An experiment already in ``dvc exp show``
+is not run again, so an interrupted ablation resumes where it stopped. The table is then
+built from ``dvc exp show --json`` alone: every cell can be traced to, and restored from,
+its experiments (``dvc exp apply <name>``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.pipeline import _environment
+from voxelflow import ablation
+from voxelflow.atomic import write_text
+from voxelflow.figures import ablation_figure
+from voxelflow.lock import workspace_lock
+from voxelflow.params import load_params, params_dict
+
+EVAL = "metrics/eval.json"
+FINETUNE = "metrics/finetune.json"
+
+
+def _git(root: str, *arguments: str) -> str:
+    return subprocess.run(
+        ["git", *arguments], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def read_experiments(root: str) -> dict[str, dict]:
+    """Every named experiment of the repository: its test metrics and fine-tuning minutes,
+    from ``dvc exp show --json`` (experiments whose metrics are missing are left out)."""
+    process = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        cwd=root,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+    )
+    if process.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed:\n{process.stdout}\n{process.stderr}")
+    found: dict[str, dict] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        name, data = node.get("name"), node.get("data") or {}
+        metrics = data.get("metrics") or {}
+        evaluated = (metrics.get(EVAL) or {}).get("data")
+        if name and evaluated:
+            tuned = (metrics.get(FINETUNE) or {}).get("data") or {}
+            found[name] = {
+                "balanced_accuracy": evaluated.get("balanced_accuracy"),
+                "macro_auc_ovr": evaluated.get("macro_auc_ovr"),
+                "minutes": tuned["seconds"] / 60 if tuned.get("seconds") else None,
+                "rev": node.get("rev"),
+            }
+        for key, value in node.items():
+            if key != "data":
+                walk(value)
+
+    walk(json.loads(process.stdout or "[]"))
+    return found
+
+
+@task(retries=1, retry_delay_seconds=10)
+def run_experiment(root: str, experiment: ablation.Experiment) -> str:
+    """One ``dvc exp run``, starting from the committed params.yaml (``dvc exp run`` leaves
+    its ``-S`` values in the workspace's params.yaml)."""
+    logger = get_run_logger()
+    _git(root, "checkout", "params.yaml")
+    # no --force: that would rerun every stage; unchanged stages come from the run cache
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--name", experiment.name]
+    command += experiment.arguments()
+    logger.info("%s: %s", experiment.name, " ".join(command[3:]))
+    process = subprocess.run(command, cwd=root, env=_environment(), capture_output=True, text=True)
+    _git(root, "checkout", "params.yaml")
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{experiment.name} failed:\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
+        )
+    return experiment.name
+
+
+def plan(root: str, design_path: str) -> tuple[ablation.Design, list[ablation.Experiment]]:
+    design = ablation.load_design(Path(root) / design_path)
+    current = params_dict(load_params(Path(root) / "params.yaml"))
+    return design, ablation.expand(design, current)
+
+
+def write_report(
+    root: str, design: ablation.Design, experiments: list, out: str, command: str
+) -> list[dict]:
+    """``out`` (markdown) and its figure beside it, from ``dvc exp show`` alone."""
+    results = read_experiments(root)
+    rows = ablation.summarize(design, experiments, results)
+    out_path = Path(root) / out
+    figure = out_path.with_suffix(".png")
+    if any(row["runs"] for row in rows):
+        ablation_figure([row for row in rows if row["runs"]], figure)
+    write_text(out_path, ablation.markdown(design, rows, command, figure.name))
+    write_text(out_path.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+@flow(name="voxelflow-ablation", log_prints=True)
+def ablate(
+    root: str = ".",
+    design: str = "benchmarks/ablation.yaml",
+    out: str = "reports/ablation.md",
+    run: bool = True,
+) -> dict:
+    """Runs the design's experiments not yet in ``dvc exp show`` (unless ``run`` is false),
+    then writes the table (``out``), its figure and its data (``.png``, ``.json``)."""
+    logger = get_run_logger()
+    root = str(Path(root).resolve())
+    the_design, experiments = plan(root, design)
+    changed = _git(root, "status", "--porcelain", "--", "params.yaml", "dvc.yaml").strip()
+    if run and changed:
+        raise ValueError(
+            f"{root}: params.yaml or dvc.yaml has uncommitted changes ({changed!r}); every "
+            "experiment starts from the committed params.yaml: commit or stash them first"
+        )
+    done = read_experiments(root)
+    todo = [experiment for experiment in experiments if experiment.name not in done]
+    logger.info(
+        "%d experiments in the design, %d done before, %d to run",
+        len(experiments),
+        len(experiments) - len(todo),
+        len(todo) if run else 0,
+    )
+    failed = []
+    if run and todo:
+        with workspace_lock(root, "voxelflow ablate"):
+            for experiment in todo:
+                state = run_experiment.with_options(name=f"exp-{experiment.name}")(
+                    root, experiment, return_state=True
+                )
+                if state.is_failed():
+                    failed.append(experiment.name)
+    command = f"voxelflow ablate --design {design} --out {out}"
+    rows = write_report(root, the_design, experiments, out, command)
+    if failed:
+        logger.warning("failed experiments (rerun to retry them): %s", failed)
+    return {
+        "experiments": len(experiments),
+        "ran": len(todo) if run else 0,
+        "failed": failed,
+        "rows": rows,
+    }

@@ -1,0 +1,108 @@
+import pytest
+import yaml
+
+from voxelflow.ablation import Design, expand, load_design, markdown, summarize
+from voxelflow.params import params_dict, parse_params
+
+DESIGN = {
+    "seeds": [1, 2, 3],
+    "regimes": "labels",
+    "levers": {
+        "labels": {"l25": {"ingest.label_fraction": 0.25}, "l100": {"ingest.label_fraction": 1.0}},
+        "architecture": {
+            "plain": {"model.architecture": "plain"},
+            "resnet": {"model.architecture": "resnet"},
+            "separable": {"model.architecture": "separable"},
+        },
+        "pretraining": {
+            "none": {"pretrain.mode": "none"},
+            "ssl": {"pretrain.mode": "self_supervised"},
+        },
+    },
+}
+PARAMS = params_dict(parse_params({}))  # resnet, self-supervised: the baselines
+
+
+def test_one_at_a_time_inside_each_regime():
+    experiments = expand(Design.model_validate(DESIGN), PARAMS)
+    configurations = {(e.regime, e.lever, e.level) for e in experiments}
+    assert configurations == {
+        (regime, lever, level)
+        for regime in ("l25", "l100")
+        for lever, level in (
+            ("baseline", "baseline"),
+            ("architecture", "plain"),
+            ("architecture", "separable"),
+            ("pretraining", "none"),
+        )
+    }
+    assert len(experiments) == 2 * 4 * 3
+    plain = next(e for e in experiments if e.name == "abl-l25-architecture-plain-s2")
+    assert plain.settings == {
+        "ingest.label_fraction": 0.25,
+        "model.architecture": "plain",
+        "seed": 2,
+    }
+    assert plain.arguments() == [
+        "-S",
+        "ingest.label_fraction=0.25",
+        "-S",
+        "model.architecture=plain",
+        "-S",
+        "seed=2",
+    ]
+    assert len({e.name for e in experiments}) == len(experiments)
+
+
+def test_a_full_design_crosses_every_level():
+    design = Design.model_validate({**DESIGN, "design": "full", "regimes": None})
+    experiments = expand(design, PARAMS)
+    # 2 x 3 x 2 combinations, the all-baseline one counted once
+    assert len({(e.regime, e.lever, e.level) for e in experiments}) == 12
+
+
+def test_a_lever_without_the_current_setting_is_refused():
+    design = Design.model_validate(
+        {
+            **DESIGN,
+            "levers": {
+                **DESIGN["levers"],
+                "width": {"w4": {"model.width": 4}, "w16": {"model.width": 16}},
+            },
+        }
+    )
+    with pytest.raises(ValueError, match="lever 'width': none of its levels"):
+        expand(design, PARAMS)
+
+
+def test_design_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump({**DESIGN, "sedes": [1]}))
+    with pytest.raises(ValueError, match="ablation.yaml: invalid ablation design"):
+        load_design(path)
+    path.write_text(yaml.safe_dump({**DESIGN, "regimes": "nothing"}))
+    with pytest.raises(ValueError, match="regimes 'nothing' is not one of the levers"):
+        load_design(path)
+
+
+def test_summary_pairs_seeds_and_marks_effects_beyond_the_spread():
+    design = Design.model_validate({**DESIGN, "regimes": None, "bootstrap_resamples": 500})
+    experiments = expand(design, PARAMS)
+    results = {}
+    for e in experiments:
+        base = {1: 0.60, 2: 0.70, 3: 0.65}[e.seed]
+        lift = {"none": -0.20, "plain": 0.01}.get(e.level, 0.0)
+        results[e.name] = {"balanced_accuracy": base + lift, "macro_auc_ovr": 0.8, "minutes": 2}
+    del results["abl-all-architecture-separable-s3"]  # not run yet
+    rows = {(row["lever"], row["level"]): row for row in summarize(design, experiments, results)}
+    none = rows[("pretraining", "none")]["balanced_accuracy"]
+    assert none["mean"] == pytest.approx(0.45)
+    assert none["effect"] == pytest.approx(-0.20) and none["beyond_spread"]
+    plain = rows[("architecture", "plain")]["balanced_accuracy"]
+    assert plain["effect"] == pytest.approx(0.01) and not plain["beyond_spread"]
+    assert rows[("architecture", "separable")]["runs"] == 2
+    low, high = rows[("baseline", "baseline")]["balanced_accuracy"]["interval"]
+    assert 0.60 <= low <= 0.65 <= high <= 0.70
+    text = markdown(design, list(rows.values()), "voxelflow ablate", "ablation.png")
+    assert "-0.200 ± 0.000 **(beyond spread)**" in text
+    assert "| all | pretraining | none | 3 | 0.450 ± 0.050" in text

@@ -1,0 +1,275 @@
+"""The ablation: what each lever buys, over seeds, from one design file.
+
+A design (``benchmarks/ablation.yaml``) names levers and their levels as params overrides
+(dotted keys, as ``dvc exp run -S`` takes them), the seeds, and optionally one lever whose
+levels are *regimes* (such as the label fraction): every other lever is varied one at a
+time from the baseline inside each regime (``one_at_a_time``), or all levels are crossed
+(``full``). Each (configuration, seed) is one DVC experiment, named so that its cell can be
+found again: ``abl-<regime>-<lever>-<level>-s<seed>``.
+
+This module is pure: it expands a design into experiments and turns their metrics into the
+table (mean, standard deviation, bootstrap interval of the mean over seeds, and the effect
+of each level against the baseline of its regime, paired by seed). ``flows/ablation.py``
+runs the experiments and reads them back from ``dvc exp show``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+METRICS = ("balanced_accuracy", "macro_auc_ovr")
+BASELINE = "baseline"
+NAME = re.compile(r"^[a-z0-9][a-z0-9.]*$")
+
+
+class Design(BaseModel):
+    """``benchmarks/ablation.yaml``: levers, levels (params overrides), seeds, regimes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: Annotated[list[int], Field(min_length=1)] = [1, 2, 3]
+    # seed: everything seeded varies (data, splits, kept labels, training);
+    # training.seed: the same data and splits, only training's randomness
+    seed_key: Literal["seed", "training.seed"] = "seed"
+    design: Literal["one_at_a_time", "full"] = "one_at_a_time"
+    baseline: dict[str, object] = {}
+    levers: dict[str, dict[str, dict[str, object]]]
+    regimes: str | None = None  # a lever whose levels are crossed with everything else
+    bootstrap_resamples: int = Field(10_000, ge=100)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+    @field_validator("levers")
+    @classmethod
+    def _names(cls, levers: dict) -> dict:
+        for lever, levels in levers.items():
+            for name in (lever, *levels):
+                if not NAME.match(name):
+                    raise ValueError(
+                        f"lever or level name {name!r}: use lower-case letters, digits and "
+                        "'.' (it becomes part of an experiment name)"
+                    )
+            if len(levels) < 2:
+                raise ValueError(f"lever {lever!r} needs at least two levels, got {list(levels)}")
+        return levers
+
+
+def load_design(path: str | Path) -> Design:
+    """Reads and checks a design file; ``ValueError`` names the file and the problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+        design = Design.model_validate(data or {})
+    except FileNotFoundError:
+        raise ValueError(f"{path}: ablation design not found") from None
+    except (yaml.YAMLError, ValidationError) as error:
+        raise ValueError(f"{path}: invalid ablation design: {error}") from None
+    if design.regimes is not None and design.regimes not in design.levers:
+        raise ValueError(
+            f"{path}: regimes {design.regimes!r} is not one of the levers {list(design.levers)}"
+        )
+    return design
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run: a configuration (its lever levels) under one seed."""
+
+    name: str
+    regime: str  # the regime's level, or "all"
+    lever: str  # the lever varied, or "baseline"
+    level: str
+    seed: int
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def arguments(self) -> list[str]:
+        """``-S key=value`` pairs for ``dvc exp run`` (values as YAML scalars)."""
+        pairs = []
+        for key, value in self.settings.items():
+            text = yaml.safe_dump(value, default_flow_style=True).strip()
+            text = text.removesuffix("\n...").strip()
+            pairs += ["-S", f"{key}={text}"]
+        return pairs
+
+
+def _level_of(levels: dict[str, dict], current: dict[str, object]) -> str | None:
+    """The level whose overrides the current params already hold (the baseline level)."""
+    for name, overrides in levels.items():
+        if all(current.get(key) == value for key, value in overrides.items()):
+            return name
+    return None
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: params as ``-S`` keys."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def expand(design: Design, current_params: dict) -> list[Experiment]:
+    """Every experiment of the design, baselines first, in a stable order.
+
+    ``current_params`` (params.yaml as a dict) decides which level of each lever is the
+    baseline: the level whose overrides it already holds. A lever with no such level is
+    refused (its effect would have nothing to be measured against).
+    """
+    current = {**flatten(current_params), **design.baseline}
+    regime_levels = design.levers[design.regimes] if design.regimes else {"all": {}}
+    levers = {name: levels for name, levels in design.levers.items() if name != design.regimes}
+    defaults = {}
+    for lever, levels in levers.items():
+        found = _level_of(levels, current)
+        if found is None:
+            raise ValueError(
+                f"lever {lever!r}: none of its levels {list(levels)} matches params.yaml; "
+                "one level must be the current setting (the baseline)"
+            )
+        defaults[lever] = found
+    configurations: list[tuple[str, str, str, dict]] = []
+    for regime, regime_overrides in regime_levels.items():
+        base = {**design.baseline, **regime_overrides}
+        configurations.append((regime, BASELINE, BASELINE, base))
+        if design.design == "one_at_a_time":
+            for lever, levels in levers.items():
+                for level, overrides in levels.items():
+                    if level != defaults[lever]:
+                        configurations.append((regime, lever, level, {**base, **overrides}))
+        else:
+            names = list(levers)
+            for combination in itertools.product(*(levers[name] for name in names)):
+                chosen = dict(zip(names, combination, strict=True))
+                if chosen == defaults:
+                    continue
+                settings = dict(base)
+                for name, level in chosen.items():
+                    settings.update(levers[name][level])
+                label = "+".join(f"{name}.{level}" for name, level in chosen.items())
+                configurations.append((regime, "combination", label, settings))
+    experiments = []
+    for regime, lever, level, settings in configurations:
+        for seed in design.seeds:
+            name = f"abl-{regime}-{lever}-{level}-s{seed}".replace("%", "pct")
+            name = re.sub(r"[^A-Za-z0-9.+-]", "-", name)
+            experiments.append(
+                Experiment(name, regime, lever, level, seed, {**settings, design.seed_key: seed})
+            )
+    return experiments
+
+
+def mean_interval(
+    values: list[float], resamples: int, confidence: float, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over seeds (degenerate for one value)."""
+    data = np.asarray(values, dtype=float)
+    if data.size < 2:
+        return float(data.mean()), float(data.mean())
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def summarize(
+    design: Design, experiments: list[Experiment], results: dict[str, dict]
+) -> list[dict]:
+    """One row per (regime, lever, level): runs done, and per metric the mean, standard
+    deviation and interval over seeds, and the effect against the regime's baseline (mean
+    of the paired per-seed differences, their standard deviation, and whether the effect
+    is larger than the seed-to-seed spread of both arms)."""
+    cells: dict[tuple[str, str, str], dict[int, dict]] = {}
+    for experiment in experiments:
+        key = (experiment.regime, experiment.lever, experiment.level)
+        cells.setdefault(key, {})
+        if experiment.name in results:
+            cells[key][experiment.seed] = results[experiment.name]
+    rows = []
+    for (regime, lever, level), by_seed in cells.items():
+        base = cells.get((regime, BASELINE, BASELINE), {})
+        row = {"regime": regime, "lever": lever, "level": level, "runs": len(by_seed)}
+        for metric in (*METRICS, "minutes"):
+            values = [run[metric] for run in by_seed.values() if run.get(metric) is not None]
+            if not values:
+                continue
+            low, high = mean_interval(values, design.bootstrap_resamples, design.confidence)
+            row[metric] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "interval": [low, high],
+                "values": values,
+            }
+            paired = [
+                by_seed[seed][metric] - base[seed][metric]
+                for seed in sorted(set(by_seed) & set(base))
+                if by_seed[seed].get(metric) is not None and base[seed].get(metric) is not None
+            ]
+            if lever != BASELINE and paired and metric in METRICS:
+                spread = max(
+                    row[metric]["std"],
+                    float(np.std([base[s][metric] for s in base], ddof=1)) if len(base) > 1 else 0,
+                )
+                effect = float(np.mean(paired))
+                row[metric]["effect"] = effect
+                row[metric]["effect_std"] = (
+                    float(np.std(paired, ddof=1)) if len(paired) > 1 else 0.0
+                )
+                row[metric]["beyond_spread"] = bool(len(paired) > 1 and abs(effect) > spread)
+        rows.append(row)
+    return rows
+
+
+def _cell(value: dict | None, digits: int = 3) -> str:
+    if not value:
+        return "-"
+    low, high = value["interval"]
+    mean, std = value["mean"], value["std"]
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _effect(value: dict | None) -> str:
+    if not value or "effect" not in value:
+        return ""
+    mark = " **(beyond spread)**" if value["beyond_spread"] else ""
+    return f"{value['effect']:+.3f} ± {value['effect_std']:.3f}{mark}"
+
+
+def markdown(design: Design, rows: list[dict], command: str, figure: str | None) -> str:
+    """``reports/ablation.md``: the table, how to read it, and the commands behind it."""
+    lines = [
+        "# Ablation: what each lever buys",
+        "",
+        f"Regenerate: `{command}`. Every cell is a set of DVC experiments "
+        "(`dvc exp show --only-changed` lists them; `dvc exp apply <name>` restores one).",
+        "",
+        f"Seeds per cell: {design.seeds} ({design.seed_key}). Each cell: mean ± standard "
+        f"deviation over seeds [{int(design.confidence * 100)}% percentile bootstrap interval "
+        "of the mean]; effect: the mean of the paired per-seed differences from the baseline "
+        "of the same regime ± their standard deviation, marked when its size exceeds the "
+        "seed-to-seed spread (standard deviation) of both arms.",
+        "",
+        "| regime | lever | level | runs | test balanced accuracy | effect | test macro AUC "
+        "| effect | fine-tune minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        minutes = f"{row['minutes']['mean']:.1f}" if row.get("minutes") else "-"
+        lines.append(
+            f"| {row['regime']} | {row['lever']} | {row['level']} | {row['runs']} "
+            f"| {_cell(row.get('balanced_accuracy'))} | {_effect(row.get('balanced_accuracy'))} "
+            f"| {_cell(row.get('macro_auc_ovr'))} | {_effect(row.get('macro_auc_ovr'))} "
+            f"| {minutes} |"
+        )
+    if figure:
+        lines += ["", f"![ablation]({figure})", ""]
+    return "\n".join(lines) + "\n"
