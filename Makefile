@@ -34,7 +34,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) benchmarks/run_all.py
 
-# The ablation of benchmarks/ablation.yaml as DVC experiments -> reports/ablation.md (hours).
+# The ablation of benchmarks/ablation.yaml as DVC experiments -> benchmarks/ablation.md (hours).
 ablate: $(STAMP)
 	$(VENV)/bin/voxelflow ablate
 

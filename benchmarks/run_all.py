@@ -10,7 +10,7 @@ machine description, the date, the command of every benchmark and what it printe
 hand-written analyses below the markers (earlier runs, GPU figures) stay as they are.
 
 Not run here: ``pretraining_experiment.py`` (hours of training; see its docstring) and
-``voxelflow ablate`` (the ablation, ``reports/ablation.md``). The augmentation comparison
+``voxelflow ablate`` (the ablation, ``benchmarks/ablation.md``). The augmentation comparison
 needs the ``bench`` extras (TorchIO, MONAI, CPU PyTorch); without them only voxelflow's
 own engine and the SciPy recipe are timed, and the section says so.
 """

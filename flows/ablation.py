@@ -121,11 +121,13 @@ def write_report(
 def ablate(
     root: str = ".",
     design: str = "benchmarks/ablation.yaml",
-    out: str = "reports/ablation.md",
+    out: str = "benchmarks/ablation.md",
     run: bool = True,
 ) -> dict:
     """Runs the design's experiments not yet in ``dvc exp show`` (unless ``run`` is false),
-    then writes the table (``out``), its figure and its data (``.png``, ``.json``)."""
+    then writes the table (``out``), its figure and its data (``.png``, ``.json``). ``out``
+    must not be inside a stage's output folder (``reports/`` is the report stage's: DVC
+    deletes it before every rerun of that stage)."""
     logger = get_run_logger()
     root = str(Path(root).resolve())
     the_design, experiments = plan(root, design)

@@ -245,7 +245,7 @@ def _effect(value: dict | None) -> str:
 
 
 def markdown(design: Design, rows: list[dict], command: str, figure: str | None) -> str:
-    """``reports/ablation.md``: the table, how to read it, and the commands behind it."""
+    """``benchmarks/ablation.md``: the table, how to read it, and the commands behind it."""
     lines = [
         "# Ablation: what each lever buys",
         "",

@@ -296,7 +296,7 @@ def ablate(
         Path, typer.Option(help="the ablation design (levers, levels, seeds)")
     ] = Path("benchmarks/ablation.yaml"),
     out: Annotated[Path, typer.Option(help="the table (markdown); .png and .json beside it")] = (
-        Path("reports/ablation.md")
+        Path("benchmarks/ablation.md")
     ),
     root: Annotated[Path, typer.Option(help="the voxelflow repository")] = Path("."),
     plan: Annotated[bool, typer.Option("--plan", help="list the experiments, run nothing")] = (

@@ -42,13 +42,15 @@ def test_ablation_runs_experiments_and_tabulates_them_from_dvc(repro_reference, 
     assert baseline["balanced_accuracy"] == reference["balanced_accuracy"]  # deterministic
     assert other["balanced_accuracy"] == baseline["balanced_accuracy"]  # same model
     assert other["minutes"] > 0 and other["rev"] != baseline["rev"]
-    table = (root / "reports" / "ablation.md").read_text()
+    table = (root / "benchmarks" / "ablation.md").read_text()
     assert f"| all | level | c80 | 1 | {other['balanced_accuracy']:.3f}" in table
-    assert (root / "reports" / "ablation.png").stat().st_size > 1000
-    rows = json.loads((root / "reports" / "ablation.json").read_text())
+    assert (root / "benchmarks" / "ablation.png").stat().st_size > 1000
+    rows = json.loads((root / "benchmarks" / "ablation.json").read_text())
     effect = next(row for row in rows if row["level"] == "c80")["balanced_accuracy"]["effect"]
     assert effect == pytest.approx(0.0)
     assert e2e.run(["git", "status", "--porcelain", "params.yaml"], root).stdout == ""
+    e2e.dvc("repro", "--force", "--single-item", "report", cwd=root)  # DVC empties reports/
+    assert (root / "benchmarks" / "ablation.md").read_text() == table
 
     again = ablate(root=str(root))
     assert again["ran"] == 0  # every experiment is in dvc exp show already
