@@ -38,8 +38,9 @@ def _git(root: str, *arguments: str) -> str:
 
 
 def read_experiments(root: str) -> dict[str, dict]:
-    """Every named experiment of the repository: its test metrics and fine-tuning minutes,
-    from ``dvc exp show --json`` (experiments whose metrics are missing are left out)."""
+    """Every named experiment of the repository: its test metrics, the validation metrics
+    of its selected epoch and its fine-tuning minutes, from ``dvc exp show --json``
+    (experiments whose metrics are missing are left out)."""
     process = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json"],
         cwd=root,
@@ -63,9 +64,13 @@ def read_experiments(root: str) -> dict[str, dict]:
         evaluated = (metrics.get(EVAL) or {}).get("data")
         if name and evaluated:
             tuned = (metrics.get(FINETUNE) or {}).get("data") or {}
+            validation = (evaluated.get("model") or {}).get("val_metrics") or {}
             found[name] = {
                 "balanced_accuracy": evaluated.get("balanced_accuracy"),
                 "macro_auc_ovr": evaluated.get("macro_auc_ovr"),
+                "accuracy": evaluated.get("accuracy"),
+                "val_auc": validation.get("auc"),  # of the bundled (selected) epoch
+                "val_loss": validation.get("loss"),
                 "minutes": tuned["seconds"] / 60 if tuned.get("seconds") else None,
                 "rev": node.get("rev"),
             }
@@ -82,13 +87,13 @@ def run_experiment(root: str, experiment: ablation.Experiment) -> str:
     """One ``dvc exp run``, starting from the committed params.yaml (``dvc exp run`` leaves
     its ``-S`` values in the workspace's params.yaml)."""
     logger = get_run_logger()
-    _git(root, "checkout", "params.yaml")
+    _git(root, "checkout", "HEAD", "--", "params.yaml")  # index too: DVC stages params.yaml
     # no --force: that would rerun every stage; unchanged stages come from the run cache
     command = [sys.executable, "-m", "dvc", "exp", "run", "--name", experiment.name]
     command += experiment.arguments()
     logger.info("%s: %s", experiment.name, " ".join(command[3:]))
     process = subprocess.run(command, cwd=root, env=_environment(), capture_output=True, text=True)
-    _git(root, "checkout", "params.yaml")
+    _git(root, "checkout", "HEAD", "--", "params.yaml")
     if process.returncode != 0:
         raise RuntimeError(
             f"{experiment.name} failed:\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"

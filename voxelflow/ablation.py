@@ -23,9 +23,18 @@ from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-METRICS = ("balanced_accuracy", "macro_auc_ovr")
+METRICS = ("balanced_accuracy", "macro_auc_ovr")  # test split: reported, never chosen on
+SELECTION = ("val_auc", "val_loss")  # validation split, at the selected epoch: the choice
+REPORTED = ("accuracy", "minutes")  # summarised over seeds, without effects
 BASELINE = "baseline"
 NAME = re.compile(r"^[a-z0-9][a-z0-9.]*$")
 
@@ -56,9 +65,17 @@ class Design(BaseModel):
                         f"lever or level name {name!r}: use lower-case letters, digits and "
                         "'.' (it becomes part of an experiment name)"
                     )
-            if len(levels) < 2:
-                raise ValueError(f"lever {lever!r} needs at least two levels, got {list(levels)}")
+            if not levels:
+                raise ValueError(f"lever {lever!r} has no levels")
         return levers
+
+    @model_validator(mode="after")
+    def _compared(self) -> Design:
+        # a lever compares levels; the regimes lever only slices (one level: one regime)
+        for lever, levels in self.levers.items():
+            if lever != self.regimes and len(levels) < 2:
+                raise ValueError(f"lever {lever!r} needs at least two levels, got {list(levels)}")
+        return self
 
 
 def load_design(path: str | Path) -> Design:
@@ -198,7 +215,7 @@ def summarize(
     for (regime, lever, level), by_seed in cells.items():
         base = cells.get((regime, BASELINE, BASELINE), {})
         row = {"regime": regime, "lever": lever, "level": level, "runs": len(by_seed)}
-        for metric in (*METRICS, "minutes"):
+        for metric in (*METRICS, *SELECTION, *REPORTED):
             values = [run[metric] for run in by_seed.values() if run.get(metric) is not None]
             if not values:
                 continue
@@ -227,6 +244,36 @@ def summarize(
                 row[metric]["beyond_spread"] = bool(len(paired) > 1 and abs(effect) > spread)
         rows.append(row)
     return rows
+
+
+def validation_choice(rows: list[dict]) -> list[dict]:
+    """For every regime and lever, the level (the baseline included) with the highest mean
+    validation AUC over its seeds: the evidence for a default, from the validation split
+    only. Cells with fewer runs than the baseline are left out of the choice."""
+    choices = []
+    for regime in dict.fromkeys(row["regime"] for row in rows):
+        inside = [row for row in rows if row["regime"] == regime]
+        base = next((row for row in inside if row["lever"] == BASELINE), None)
+        if not base or not base.get("val_auc"):
+            continue
+        for lever in dict.fromkeys(row["lever"] for row in inside if row["lever"] != BASELINE):
+            candidates = [base] + [
+                row
+                for row in inside
+                if row["lever"] == lever and row.get("val_auc") and row["runs"] >= base["runs"]
+            ]
+            best = max(candidates, key=lambda row: row["val_auc"]["mean"])
+            choices.append(
+                {
+                    "regime": regime,
+                    "lever": lever,
+                    "chosen": BASELINE if best is base else best["level"],
+                    "val_auc": best["val_auc"]["mean"],
+                    "baseline_val_auc": base["val_auc"]["mean"],
+                    "candidates": len(candidates),
+                }
+            )
+    return choices
 
 
 def _cell(value: dict | None, digits: int = 3) -> str:
@@ -258,18 +305,35 @@ def markdown(design: Design, rows: list[dict], command: str, figure: str | None)
         "of the same regime ± their standard deviation, marked when its size exceeds the "
         "seed-to-seed spread (standard deviation) of both arms.",
         "",
-        "| regime | lever | level | runs | test balanced accuracy | effect | test macro AUC "
-        "| effect | fine-tune minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| regime | lever | level | runs | validation AUC | test balanced accuracy | effect "
+        "| test macro AUC | effect | fine-tune minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         minutes = f"{row['minutes']['mean']:.1f}" if row.get("minutes") else "-"
+        validation = f"{row['val_auc']['mean']:.3f}" if row.get("val_auc") else "-"
         lines.append(
-            f"| {row['regime']} | {row['lever']} | {row['level']} | {row['runs']} "
+            f"| {row['regime']} | {row['lever']} | {row['level']} | {row['runs']} | {validation} "
             f"| {_cell(row.get('balanced_accuracy'))} | {_effect(row.get('balanced_accuracy'))} "
             f"| {_cell(row.get('macro_auc_ovr'))} | {_effect(row.get('macro_auc_ovr'))} "
             f"| {minutes} |"
         )
+    choices = validation_choice(rows)
+    if choices:
+        lines += [
+            "",
+            "Validation AUC: Keras's AUC on the validation split at the epoch each run "
+            "selected (mean over seeds). Defaults are chosen on it alone; the test columns "
+            "report, they do not choose. The level each lever would take, by regime:",
+            "",
+            "| regime | lever | chosen on validation | its validation AUC | baseline's |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {choice['regime']} | {choice['lever']} | {choice['chosen']} "
+            f"| {choice['val_auc']:.3f} | {choice['baseline_val_auc']:.3f} |"
+            for choice in choices
+        ]
     if figure:
         lines += ["", f"![ablation]({figure})", ""]
     return "\n".join(lines) + "\n"

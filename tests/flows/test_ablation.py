@@ -43,7 +43,9 @@ def test_ablation_runs_experiments_and_tabulates_them_from_dvc(repro_reference, 
     assert other["balanced_accuracy"] == baseline["balanced_accuracy"]  # same model
     assert other["minutes"] > 0 and other["rev"] != baseline["rev"]
     table = (root / "benchmarks" / "ablation.md").read_text()
-    assert f"| all | level | c80 | 1 | {other['balanced_accuracy']:.3f}" in table
+    cells = f"{other['val_auc']:.3f} | {other['balanced_accuracy']:.3f}"
+    assert f"| all | level | c80 | 1 | {cells}" in table
+    assert 0 < other["val_auc"] <= 1 and other["val_loss"] > 0
     assert (root / "benchmarks" / "ablation.png").stat().st_size > 1000
     rows = json.loads((root / "benchmarks" / "ablation.json").read_text())
     effect = next(row for row in rows if row["level"] == "c80")["balanced_accuracy"]["effect"]

@@ -1,7 +1,14 @@
 import pytest
 import yaml
 
-from voxelflow.ablation import Design, expand, load_design, markdown, summarize
+from voxelflow.ablation import (
+    Design,
+    expand,
+    load_design,
+    markdown,
+    summarize,
+    validation_choice,
+)
 from voxelflow.params import params_dict, parse_params
 
 DESIGN = {
@@ -61,6 +68,17 @@ def test_a_full_design_crosses_every_level():
     assert len({(e.regime, e.lever, e.level) for e in experiments}) == 12
 
 
+def test_a_regime_lever_may_hold_one_regime_but_a_lever_needs_two_levels():
+    one = {**DESIGN, "levers": {**DESIGN["levers"], "labels": DESIGN["levers"]["labels"].copy()}}
+    del one["levers"]["labels"]["l100"]
+    experiments = expand(Design.model_validate(one), PARAMS)  # a slice: one regime
+    assert {e.regime for e in experiments} == {"l25"}
+    full = expand(Design.model_validate(DESIGN), PARAMS)
+    assert {e.name for e in experiments} <= {e.name for e in full}  # same names: reused
+    with pytest.raises(ValueError, match="lever 'labels' needs at least two levels"):
+        Design.model_validate({**one, "regimes": None})
+
+
 def test_a_lever_without_the_current_setting_is_refused():
     design = Design.model_validate(
         {
@@ -92,7 +110,13 @@ def test_summary_pairs_seeds_and_marks_effects_beyond_the_spread():
     for e in experiments:
         base = {1: 0.60, 2: 0.70, 3: 0.65}[e.seed]
         lift = {"none": -0.20, "plain": 0.01}.get(e.level, 0.0)
-        results[e.name] = {"balanced_accuracy": base + lift, "macro_auc_ovr": 0.8, "minutes": 2}
+        val_auc = {"none": 0.70, "plain": 0.90, "separable": 0.99}.get(e.level, 0.80)
+        results[e.name] = {
+            "balanced_accuracy": base + lift,
+            "macro_auc_ovr": 0.8,
+            "val_auc": val_auc,
+            "minutes": 2,
+        }
     del results["abl-all-architecture-separable-s3"]  # not run yet
     rows = {(row["lever"], row["level"]): row for row in summarize(design, experiments, results)}
     none = rows[("pretraining", "none")]["balanced_accuracy"]
@@ -105,4 +129,23 @@ def test_summary_pairs_seeds_and_marks_effects_beyond_the_spread():
     assert 0.60 <= low <= 0.65 <= high <= 0.70
     text = markdown(design, list(rows.values()), "voxelflow ablate", "ablation.png")
     assert "-0.200 ± 0.000 **(beyond spread)**" in text
-    assert "| all | pretraining | none | 3 | 0.450 ± 0.050" in text
+    assert "| all | pretraining | none | 3 | 0.700 | 0.450 ± 0.050" in text
+    assert "val_auc" not in rows[("pretraining", "none")]["balanced_accuracy"]
+
+
+def test_defaults_are_chosen_on_validation_only():
+    design = Design.model_validate({**DESIGN, "regimes": None})
+    experiments = expand(design, PARAMS)
+    results = {}
+    for e in experiments:
+        val_auc = {"none": 0.70, "plain": 0.90, "separable": 0.99}.get(e.level, 0.80)
+        test = {"none": 0.99}.get(e.level, 0.5)  # the test split never decides
+        results[e.name] = {"balanced_accuracy": test, "macro_auc_ovr": test, "val_auc": val_auc}
+    del results["abl-all-architecture-separable-s3"]  # fewer runs: not a candidate yet
+    choices = {c["lever"]: c for c in validation_choice(summarize(design, experiments, results))}
+    assert choices["pretraining"]["chosen"] == "baseline"
+    assert choices["architecture"]["chosen"] == "plain"
+    assert choices["architecture"]["val_auc"] == pytest.approx(0.90)
+    assert choices["architecture"]["baseline_val_auc"] == pytest.approx(0.80)
+    text = markdown(design, summarize(design, experiments, results), "voxelflow ablate", None)
+    assert "| all | architecture | plain | 0.900 | 0.800 |" in text
