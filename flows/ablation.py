@@ -25,7 +25,7 @@ from voxelflow import ablation
 from voxelflow.atomic import write_text
 from voxelflow.figures import ablation_figure
 from voxelflow.lock import workspace_lock
-from voxelflow.params import load_params, params_dict
+from voxelflow.params import params_dict, parse_params_text
 
 EVAL = "metrics/eval.json"
 FINETUNE = "metrics/finetune.json"
@@ -102,8 +102,12 @@ def run_experiment(root: str, experiment: ablation.Experiment) -> str:
 
 
 def plan(root: str, design_path: str) -> tuple[ablation.Design, list[ablation.Experiment]]:
+    """The design's experiments, with baselines from the committed params.yaml: every
+    experiment starts from it, and the workspace's copy holds a running experiment's
+    overrides while an ablation runs."""
     design = ablation.load_design(Path(root) / design_path)
-    current = params_dict(load_params(Path(root) / "params.yaml"))
+    committed = _git(root, "show", "HEAD:params.yaml")
+    current = params_dict(parse_params_text(committed, f"{root}/params.yaml (committed)"))
     return design, ablation.expand(design, current)
 
 

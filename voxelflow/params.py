@@ -484,11 +484,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         FileNotFoundError: the file does not exist.
     """
     path = Path(path)
+    return parse_params_text(path.read_text(), str(path))
+
+
+def parse_params_text(text: str, source: str = "params") -> Params:
+    """Validates params.yaml's text (e.g. a committed version, from ``git show``)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(data, str(path))
+        raise ValueError(f"{source}: not valid YAML: {error}") from None
+    return parse_params(data, source)
 
 
 def params_dict(params: Params) -> dict:

@@ -56,3 +56,32 @@ def test_ablation_runs_experiments_and_tabulates_them_from_dvc(repro_reference, 
 
     again = ablate(root=str(root))
     assert again["ran"] == 0  # every experiment is in dvc exp show already
+
+
+def test_the_plan_takes_its_baselines_from_the_committed_params(tmp_path):
+    """While an experiment runs, the workspace's params.yaml holds its overrides; --plan
+    and --collect must still measure every level against the committed baseline."""
+    from flows.ablation import plan
+
+    root = tmp_path / "repository"
+    root.mkdir()
+    design = {
+        "seeds": [1],
+        "levers": {
+            "pretraining": {
+                "none": {"pretrain.mode": "none"},
+                "ssl": {"pretrain.mode": "self_supervised"},
+            }
+        },
+    }
+    (root / "ablation.yaml").write_text(yaml.safe_dump(design))
+    (root / "params.yaml").write_text("pretrain:\n  mode: self_supervised\n")
+    e2e.run(["git", "init", "-q"], root)
+    e2e.run(["git", "add", "-A"], root)
+    e2e.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "p"], root)
+    (root / "params.yaml").write_text("pretrain:\n  mode: none\n")  # a running experiment's
+    _, experiments = plan(str(root), "ablation.yaml")
+    assert [e.name for e in experiments] == [
+        "abl-all-baseline-baseline-s1",
+        "abl-all-pretraining-none-s1",
+    ]
