@@ -59,7 +59,11 @@ def read_experiments(root: str) -> dict[str, dict]:
             return
         if not isinstance(node, dict):
             return
+        if (node.get("executor") or {}).get("state") in {"running", "queued", "failed"}:
+            return  # an experiment still running shows the workspace's (stale) metrics
         name, data = node.get("name"), node.get("data") or {}
+        if node.get("rev") == "workspace":
+            name = None  # not an experiment: the workspace (or a run in progress)
         metrics = data.get("metrics") or {}
         evaluated = (metrics.get(EVAL) or {}).get("data")
         if name and evaluated:

@@ -85,3 +85,36 @@ def test_the_plan_takes_its_baselines_from_the_committed_params(tmp_path):
         "abl-all-baseline-baseline-s1",
         "abl-all-pretraining-none-s1",
     ]
+
+
+def test_an_experiment_still_running_is_not_read(monkeypatch):
+    """``dvc exp show`` lists a running experiment under its name with the workspace's
+    metrics, which are those of the previous experiment: it must not count."""
+    import subprocess
+
+    from flows import ablation as flow_module
+
+    def node(name, rev, auc, state="success"):
+        metrics = {"metrics/eval.json": {"data": {"balanced_accuracy": auc, "macro_auc_ovr": auc}}}
+        return {
+            "revs": [{"rev": rev, "name": name, "data": {"rev": rev, "metrics": metrics}}],
+            "executor": {"state": state, "name": "workspace"} if state != "success" else None,
+            "name": name,
+        }
+
+    shown = [
+        {"rev": "workspace", "name": None, "data": {"metrics": {}}},
+        {
+            "rev": "abc123",
+            "name": "main",
+            "experiments": [
+                node("abl-all-baseline-baseline-s2", "workspace", 0.5, state="running"),
+                node("abl-all-baseline-baseline-s1", "f00d", 0.7),
+            ],
+        },
+    ]
+    completed = subprocess.CompletedProcess([], 0, stdout=json.dumps(shown), stderr="")
+    monkeypatch.setattr(flow_module.subprocess, "run", lambda *a, **k: completed)
+    found = flow_module.read_experiments(".")
+    assert list(found) == ["abl-all-baseline-baseline-s1"]
+    assert found["abl-all-baseline-baseline-s1"]["balanced_accuracy"] == 0.7
