@@ -39,6 +39,16 @@ BASELINE = "baseline"
 NAME = re.compile(r"^[a-z0-9][a-z0-9.]*$")
 
 
+class References(BaseModel):
+    """Published results on the same test split, e.g. a paper's table: ``rows`` maps a
+    method to its figures (``macro_auc_ovr``, ``accuracy``, ``balanced_accuracy``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str  # the citation, and which table the figures were taken from
+    rows: dict[str, dict[Literal["macro_auc_ovr", "accuracy", "balanced_accuracy"], float]]
+
+
 class Design(BaseModel):
     """``benchmarks/ablation.yaml``: levers, levels (params overrides), seeds, regimes."""
 
@@ -54,6 +64,7 @@ class Design(BaseModel):
     regimes: str | None = None  # a lever whose levels are crossed with everything else
     bootstrap_resamples: int = Field(10_000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
+    references: References | None = None  # published figures, tabled beside the baselines
 
     @field_validator("levers")
     @classmethod
@@ -276,6 +287,37 @@ def validation_choice(rows: list[dict]) -> list[dict]:
     return choices
 
 
+def _references(references: References, rows: list[dict]) -> list[str]:
+    """Each regime's baseline beside the published figures, on the same test split."""
+    metrics = [
+        m
+        for m in ("macro_auc_ovr", "accuracy", "balanced_accuracy")
+        if any(m in figures for figures in references.rows.values())
+    ]
+    names = {
+        "macro_auc_ovr": "test AUC",
+        "accuracy": "test accuracy",
+        "balanced_accuracy": "test balanced accuracy",
+    }
+    lines = [
+        "",
+        f"Compared with published results ({references.source}):",
+        "",
+        "| method | " + " | ".join(names[m] for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for row in rows:
+        if row["lever"] == BASELINE and row["runs"]:
+            cells = [_cell(row.get(metric)) for metric in metrics]
+            lines.append(
+                f"| voxelflow, {row['regime']} ({row['runs']} seeds) | " + " | ".join(cells) + " |"
+            )
+    for method, figures in references.rows.items():
+        cells = [f"{figures[m]:.3f}" if m in figures else "-" for m in metrics]
+        lines.append(f"| {method} (published) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cell(value: dict | None, digits: int = 3) -> str:
     if not value:
         return "-"
@@ -334,6 +376,8 @@ def markdown(design: Design, rows: list[dict], command: str, figure: str | None)
             f"| {choice['val_auc']:.3f} | {choice['baseline_val_auc']:.3f} |"
             for choice in choices
         ]
+    if design.references:
+        lines += _references(design.references, rows)
     if figure:
         lines += ["", f"![ablation]({figure})", ""]
     return "\n".join(lines) + "\n"

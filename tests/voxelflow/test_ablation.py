@@ -149,3 +149,28 @@ def test_defaults_are_chosen_on_validation_only():
     assert choices["architecture"]["baseline_val_auc"] == pytest.approx(0.80)
     text = markdown(design, summarize(design, experiments, results), "voxelflow ablate", None)
     assert "| all | architecture | plain | 0.900 | 0.800 |" in text
+
+
+def test_published_references_are_tabled_beside_each_regime_baseline():
+    design = Design.model_validate(
+        {
+            "seeds": [1, 2],
+            "regimes": "source",
+            "levers": {"source": {"r28": {"data.raw_dir": "data/a28"}}},
+            "references": {
+                "source": "MedMNIST v2, Table 3",
+                "rows": {"ResNet-18 + 3D": {"macro_auc_ovr": 0.827, "accuracy": 0.721}},
+            },
+        }
+    )
+    experiments = expand(design, PARAMS)
+    results = {
+        e.name: {"balanced_accuracy": 0.7, "macro_auc_ovr": 0.85 + e.seed / 100, "accuracy": 0.8}
+        for e in experiments
+    }
+    text = markdown(design, summarize(design, experiments, results), "voxelflow ablate", None)
+    assert "Compared with published results (MedMNIST v2, Table 3)" in text
+    assert "| voxelflow, r28 (2 seeds) | 0.865 ± 0.007" in text
+    assert "| ResNet-18 + 3D (published) | 0.827 | 0.721 |" in text
+    with pytest.raises(ValueError, match="auc"):
+        Design.model_validate({**DESIGN, "references": {"source": "x", "rows": {"m": {"auc": 1}}}})
