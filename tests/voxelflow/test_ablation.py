@@ -174,3 +174,23 @@ def test_published_references_are_tabled_beside_each_regime_baseline():
     assert "| ResNet-18 + 3D (published) | 0.827 | 0.721 |" in text
     with pytest.raises(ValueError, match="auc"):
         Design.model_validate({**DESIGN, "references": {"source": "x", "rows": {"m": {"auc": 1}}}})
+
+
+@pytest.mark.parametrize(
+    ("design_file", "params_file", "count"),
+    [
+        ("benchmarks/ablation.yaml", "params.yaml", 54),
+        ("benchmarks/ablation_slice.yaml", "params.yaml", 9),
+        ("examples/adrenalmnist3d/ablation.yaml", "examples/adrenalmnist3d/params.yaml", 6),
+    ],
+)
+def test_the_committed_designs_expand_against_their_params(design_file, params_file, count):
+    from pathlib import Path
+
+    from voxelflow.params import load_params
+
+    root = Path(__file__).resolve().parents[2]
+    design = load_design(root / design_file)
+    experiments = expand(design, params_dict(load_params(root / params_file)))
+    assert len(experiments) == count
+    assert len({e.name for e in experiments}) == count
