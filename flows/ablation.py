@@ -37,12 +37,13 @@ def _git(root: str, *arguments: str) -> str:
     ).stdout
 
 
-def read_experiments(root: str) -> dict[str, dict]:
-    """Every named experiment of the repository: its test metrics, the validation metrics
-    of its selected epoch and its fine-tuning minutes, from ``dvc exp show --json``
-    (experiments whose metrics are missing are left out)."""
+def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
+    """Every named experiment of the current commit (``all_commits``: of every commit, the
+    current one first when a name repeats): its test metrics, the validation metrics of its
+    selected epoch and its fine-tuning minutes, from ``dvc exp show --json`` (experiments
+    whose metrics are missing, or still running, are left out)."""
     process = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] if all_commits else [])],
         cwd=root,
         env=_environment(),
         capture_output=True,
@@ -69,15 +70,18 @@ def read_experiments(root: str) -> dict[str, dict]:
         if name and evaluated:
             tuned = (metrics.get(FINETUNE) or {}).get("data") or {}
             validation = (evaluated.get("model") or {}).get("val_metrics") or {}
-            found[name] = {
-                "balanced_accuracy": evaluated.get("balanced_accuracy"),
-                "macro_auc_ovr": evaluated.get("macro_auc_ovr"),
-                "accuracy": evaluated.get("accuracy"),
-                "val_auc": validation.get("auc"),  # of the bundled (selected) epoch
-                "val_loss": validation.get("loss"),
-                "minutes": tuned["seconds"] / 60 if tuned.get("seconds") else None,
-                "rev": node.get("rev"),
-            }
+            found.setdefault(
+                name,
+                {
+                    "balanced_accuracy": evaluated.get("balanced_accuracy"),
+                    "macro_auc_ovr": evaluated.get("macro_auc_ovr"),
+                    "accuracy": evaluated.get("accuracy"),
+                    "val_auc": validation.get("auc"),  # of the bundled (selected) epoch
+                    "val_loss": validation.get("loss"),
+                    "minutes": tuned["seconds"] / 60 if tuned.get("seconds") else None,
+                    "rev": node.get("rev"),
+                },
+            )
         for key, value in node.items():
             if key != "data":
                 walk(value)
@@ -116,10 +120,15 @@ def plan(root: str, design_path: str) -> tuple[ablation.Design, list[ablation.Ex
 
 
 def write_report(
-    root: str, design: ablation.Design, experiments: list, out: str, command: str
+    root: str,
+    design: ablation.Design,
+    experiments: list,
+    out: str,
+    command: str,
+    all_commits: bool = False,
 ) -> list[dict]:
     """``out`` (markdown) and its figure beside it, from ``dvc exp show`` alone."""
-    results = read_experiments(root)
+    results = read_experiments(root, all_commits)
     rows = ablation.summarize(design, experiments, results)
     out_path = Path(root) / out
     figure = out_path.with_suffix(".png")
@@ -136,11 +145,14 @@ def ablate(
     design: str = "benchmarks/ablation.yaml",
     out: str = "benchmarks/ablation.md",
     run: bool = True,
+    all_commits: bool = False,
 ) -> dict:
     """Runs the design's experiments not yet in ``dvc exp show`` (unless ``run`` is false),
     then writes the table (``out``), its figure and its data (``.png``, ``.json``). ``out``
     must not be inside a stage's output folder (``reports/`` is the report stage's: DVC
-    deletes it before every rerun of that stage)."""
+    deletes it before every rerun of that stage). ``all_commits`` also counts experiments
+    run on earlier commits, for when no stage's code or dvc.yaml changed since (DVC ties
+    an experiment to the commit it started from)."""
     logger = get_run_logger()
     root = str(Path(root).resolve())
     the_design, experiments = plan(root, design)
@@ -150,7 +162,7 @@ def ablate(
             f"{root}: params.yaml or dvc.yaml has uncommitted changes ({changed!r}); every "
             "experiment starts from the committed params.yaml: commit or stash them first"
         )
-    done = read_experiments(root)
+    done = read_experiments(root, all_commits)
     todo = [experiment for experiment in experiments if experiment.name not in done]
     logger.info(
         "%d experiments in the design, %d done before, %d to run",
@@ -168,7 +180,8 @@ def ablate(
                 if state.is_failed():
                     failed.append(experiment.name)
     command = f"voxelflow ablate --design {design} --out {out}"
-    rows = write_report(root, the_design, experiments, out, command)
+    command += " --all-commits" if all_commits else ""
+    rows = write_report(root, the_design, experiments, out, command, all_commits)
     if failed:
         logger.warning("failed experiments (rerun to retry them): %s", failed)
     return {

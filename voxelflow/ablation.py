@@ -65,6 +65,7 @@ class Design(BaseModel):
     bootstrap_resamples: int = Field(10_000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
     references: References | None = None  # published figures, tabled beside the baselines
+    title: str = "Ablation: what each lever buys"
 
     @field_validator("levers")
     @classmethod
@@ -336,7 +337,7 @@ def _effect(value: dict | None) -> str:
 def markdown(design: Design, rows: list[dict], command: str, figure: str | None) -> str:
     """``benchmarks/ablation.md``: the table, how to read it, and the commands behind it."""
     lines = [
-        "# Ablation: what each lever buys",
+        f"# {design.title}",
         "",
         f"Regenerate: `{command}`. Every cell is a set of DVC experiments "
         "(`dvc exp show --only-changed` lists them; `dvc exp apply <name>` restores one).",

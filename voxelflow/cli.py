@@ -305,6 +305,14 @@ def ablate(
     collect: Annotated[
         bool, typer.Option("--collect", help="only rebuild the table from dvc exp show")
     ] = False,
+    all_commits: Annotated[
+        bool,
+        typer.Option(
+            "--all-commits",
+            help="also count experiments of earlier commits (only if no stage's code or "
+            "dvc.yaml changed since)",
+        ),
+    ] = False,
 ) -> None:
     """Run an ablation as DVC experiments (one per configuration and seed) and tabulate what
     each lever buys: mean, spread and intervals over seeds, effects paired by seed."""
@@ -320,7 +328,11 @@ def ablate(
             typer.echo(f"{len(experiments)} experiments")
             return
         result = ablation_flow.ablate(
-            root=str(root), design=str(design), out=str(out), run=not collect
+            root=str(root),
+            design=str(design),
+            out=str(out),
+            run=not collect,
+            all_commits=all_commits,
         )
     except ValueError as error:
         _fail(error)

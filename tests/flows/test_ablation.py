@@ -113,8 +113,21 @@ def test_an_experiment_still_running_is_not_read(monkeypatch):
             ],
         },
     ]
-    completed = subprocess.CompletedProcess([], 0, stdout=json.dumps(shown), stderr="")
-    monkeypatch.setattr(flow_module.subprocess, "run", lambda *a, **k: completed)
+    earlier = {"rev": "beef", "experiments": [node("abl-all-baseline-baseline-s1", "cafe", 0.1)]}
+    earlier["experiments"].append(node("abl-all-baseline-baseline-s3", "d00d", 0.6))
+    calls = []
+
+    def run(command, **options):
+        calls.append(command)
+        listed = shown + ([earlier] if "-A" in command else [])
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(listed), stderr="")
+
+    monkeypatch.setattr(flow_module.subprocess, "run", run)
     found = flow_module.read_experiments(".")
     assert list(found) == ["abl-all-baseline-baseline-s1"]
+    assert found["abl-all-baseline-baseline-s1"]["balanced_accuracy"] == 0.7
+    # --all-commits: earlier commits' experiments count too; the current commit's win
+    found = flow_module.read_experiments(".", all_commits=True)
+    assert "-A" in calls[-1] and "-A" not in calls[0]
+    assert sorted(found) == ["abl-all-baseline-baseline-s1", "abl-all-baseline-baseline-s3"]
     assert found["abl-all-baseline-baseline-s1"]["balanced_accuracy"] == 0.7

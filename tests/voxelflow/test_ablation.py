@@ -170,6 +170,7 @@ def test_published_references_are_tabled_beside_each_regime_baseline():
     }
     text = markdown(design, summarize(design, experiments, results), "voxelflow ablate", None)
     assert "Compared with published results (MedMNIST v2, Table 3)" in text
+    assert text.startswith("# Ablation: what each lever buys\n")
     assert "| voxelflow, r28 (2 seeds) | 0.865 ± 0.007" in text
     assert "| ResNet-18 + 3D (published) | 0.827 | 0.721 |" in text
     with pytest.raises(ValueError, match="auc"):
