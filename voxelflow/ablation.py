@@ -261,7 +261,10 @@ def summarize(
 def validation_choice(rows: list[dict]) -> list[dict]:
     """For every regime and lever, the level (the baseline included) with the highest mean
     validation AUC over its seeds: the evidence for a default, from the validation split
-    only. Cells with fewer runs than the baseline are left out of the choice."""
+    only. It replaces the baseline (``chosen``) only when its lead exceeds the seed-to-seed
+    spread (standard deviation) of the validation AUC of both; otherwise the baseline is
+    kept, as the evidence does not tell them apart. Cells with fewer runs than the baseline
+    are left out of the choice."""
     choices = []
     for regime in dict.fromkeys(row["regime"] for row in rows):
         inside = [row for row in rows if row["regime"] == regime]
@@ -275,13 +278,18 @@ def validation_choice(rows: list[dict]) -> list[dict]:
                 if row["lever"] == lever and row.get("val_auc") and row["runs"] >= base["runs"]
             ]
             best = max(candidates, key=lambda row: row["val_auc"]["mean"])
+            lead = best["val_auc"]["mean"] - base["val_auc"]["mean"]
+            spread = max(best["val_auc"]["std"], base["val_auc"]["std"])
+            clear = best is not base and len(best["val_auc"]["values"]) > 1 and lead > spread
             choices.append(
                 {
                     "regime": regime,
                     "lever": lever,
-                    "chosen": BASELINE if best is base else best["level"],
+                    "best": BASELINE if best is base else best["level"],
                     "val_auc": best["val_auc"]["mean"],
                     "baseline_val_auc": base["val_auc"]["mean"],
+                    "spread": spread,
+                    "chosen": best["level"] if clear else BASELINE,
                     "candidates": len(candidates),
                 }
             )
@@ -367,14 +375,18 @@ def markdown(design: Design, rows: list[dict], command: str, figure: str | None)
             "",
             "Validation AUC: Keras's AUC on the validation split at the epoch each run "
             "selected (mean over seeds). Defaults are chosen on it alone; the test columns "
-            "report, they do not choose. The level each lever would take, by regime:",
+            "report, they do not choose. The level each lever would take, by regime: the "
+            "best on validation replaces the baseline only when its lead exceeds the "
+            "seed-to-seed spread of both:",
             "",
-            "| regime | lever | chosen on validation | its validation AUC | baseline's |",
-            "|---|---|---|---|---|",
+            "| regime | lever | best on validation | its validation AUC | baseline's "
+            "| spread (std) | chosen |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {choice['regime']} | {choice['lever']} | {choice['chosen']} "
-            f"| {choice['val_auc']:.3f} | {choice['baseline_val_auc']:.3f} |"
+            f"| {choice['regime']} | {choice['lever']} | {choice['best']} "
+            f"| {choice['val_auc']:.3f} | {choice['baseline_val_auc']:.3f} "
+            f"| {choice['spread']:.3f} | {choice['chosen']} |"
             for choice in choices
         ]
     if design.references:
