@@ -290,7 +290,6 @@ def validation_choice(rows: list[dict]) -> list[dict]:
                     "baseline_val_auc": base["val_auc"]["mean"],
                     "spread": spread,
                     "chosen": best["level"] if clear else BASELINE,
-                    "candidates": len(candidates),
                 }
             )
     return choices
