@@ -48,7 +48,7 @@ from voxelflow.dataset import class_names, data_digest, read_spec
 from voxelflow.devices import training_devices
 from voxelflow.keras_files import make_reproducible
 from voxelflow.model_summary import brief, summarize
-from voxelflow.online import online_dataset
+from voxelflow.online import epoch_source, online_dataset
 from voxelflow.optimizers import LayerwiseAdamW, block_rate_multipliers
 from voxelflow.params import Params, load_params, params_dict
 from voxelflow.resume import Checkpoints
@@ -97,19 +97,16 @@ def run(
     spec = read_spec(preprocessed_dir)
     classes = class_names(preprocessed_dir)
     shape = tuple(spec.target_shape)
-    if tune.augmentation == "online":
-        train = preprocessed_source(preprocessed_dir, ("train",), classes)
-        digest = data_digest(preprocessed_dir, ("train", "val"))
-    elif tune.augmentation == "none":  # the originals as often as the cache's copies: the
-        originals = preprocessed_source(preprocessed_dir, ("train",), classes)
-        train = originals  # same steps per epoch, without augmentation (the ablation's "off")
-        for _ in range(params.augment.copies + (1 if tune.include_originals else 0) - 1):
-            train = train.extend(originals)
+    originals = preprocessed_source(preprocessed_dir, ("train",), classes)
+    if tune.augmentation in ("online", "none"):
+        # as many steps per epoch as the cache's: online redraws its copies every epoch, none
+        # reads the originals unaugmented (the ablation's "off")
+        train = epoch_source(originals, params.augment.copies, tune.include_originals)
         digest = data_digest(preprocessed_dir, ("train", "val"))
     else:
         train = cache_source(augmented_dir, classes)
         if tune.include_originals:
-            train = train.extend(preprocessed_source(preprocessed_dir, ("train",), classes))
+            train = train.extend(originals)
         digest = data_digest(preprocessed_dir, ("train", "val")) + _cache_digest(augmented_dir)
     val = preprocessed_source(preprocessed_dir, ("val",), classes)
     if not len(val):
@@ -306,6 +303,8 @@ def _training_data(train, shape, num_classes: int, spec, params: Params, replica
     if tune.balance == "sampler":
         options["weights"] = balanced_weights(train.labels)
 
+    copies = params.augment.copies
+
     def data(start_epoch: int):
         if tune.augmentation == "online":
             dataset = online_dataset(
@@ -317,6 +316,8 @@ def _training_data(train, shape, num_classes: int, spec, params: Params, replica
                 spec.target_spacing_mm,
                 epochs,
                 start_epoch=start_epoch,
+                originals=len(train) // (copies + (1 if tune.include_originals else 0)),
+                copies=copies,
                 **options,
             )
         else:

@@ -62,6 +62,46 @@ def test_online_augmentation_is_fresh_each_epoch_and_reproducible(tmp_path):
     assert not np.array_equal(batches(6)[0][0], first[0][0])
 
 
+def test_online_epoch_has_the_caches_length_with_distinct_copies_and_the_originals(tmp_path):
+    from voxelflow.online import epoch_source, online_dataset
+    from voxelflow.params import AugmentParams
+
+    rng = np.random.default_rng(1)
+    files = []
+    for index in range(2):
+        path = tmp_path / f"v{index}.npy"
+        np.save(path, rng.normal(size=(8, 8, 8)).astype(np.float32))
+        files.append(str(path))
+    originals = VolumeSource(files, [-1] * 2, [0, 1], ["a", "b"])
+    source = epoch_source(originals, copies=3, include_originals=True)
+    assert len(source) == 8 and source.ids == ["a", "b"] * 4
+    assert len(epoch_source(originals, copies=3, include_originals=False)) == 6
+    params = AugmentParams(elastic_probability=1.0, noise_probability=1.0)
+    dataset = online_dataset(
+        source,
+        8,
+        (8, 8, 8),
+        params,
+        3,
+        (1.0, 1.0, 1.0),
+        epochs=2,
+        originals=2,
+        copies=3,
+        shuffle=False,
+    )
+    epochs = [(x.numpy()[..., 0], y.numpy()) for x, y in dataset]
+    assert len(epochs) == 2 and epochs[0][0].shape == (8, 8, 8, 8)
+    first, second = epochs[0][0], epochs[1][0]
+    for volume in range(2):
+        original = np.load(files[volume])
+        assert np.allclose(first[6 + volume], original)  # the last pass: unaugmented
+        copies = [first[k * 2 + volume] for k in range(3)]
+        assert not any(np.allclose(copy, original) for copy in copies)
+        assert not np.allclose(copies[0], copies[1]) and not np.allclose(copies[1], copies[2])
+        assert not np.allclose(first[volume], second[volume])  # redrawn in the next epoch
+    assert epochs[0][1].tolist() == [0, 1] * 4
+
+
 def test_batches_never_straddle_epochs(tmp_path):
     from voxelflow.data import make_dataset
 
