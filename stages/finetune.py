@@ -128,7 +128,7 @@ def run(
         encoder = models.set_precision(
             load_encoder(pretrained_dir, (*shape, 1)), keras.config.dtype_policy().name
         )
-        frozen = models.freeze_blocks(encoder, tune.frozen_blocks)
+        frozen = models.freeze_blocks(encoder, _blocks_to_freeze(params))
         model = models.build_classifier(
             encoder, models.head_from_params(params.model, encoder, len(classes))
         )
@@ -277,6 +277,22 @@ def _compile(model, optimizer, rate: float, steps: int, params: Params, classes:
         metrics=["accuracy", keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes)],
         jit_compile=jit,
     )
+
+
+def _blocks_to_freeze(params: Params) -> int | list[str]:
+    """``finetune.frozen_blocks``, except from scratch (``pretrain.mode: none`` without
+    ``pretrain.weights``): nothing was pretrained, so freezing would only pin random weights,
+    and every block trains."""
+    frozen = params.finetune.frozen_blocks
+    if params.pretrain.mode == "none" and not params.pretrain.weights:
+        if frozen:
+            log.info(
+                "pretrain.mode is none: finetune.frozen_blocks=%s not applied (nothing "
+                "pretrained to keep); every block trains",
+                frozen,
+            )
+        return 0
+    return frozen
 
 
 def _callbacks(params: Params, logs_dir, phase: int) -> list:

@@ -361,6 +361,27 @@ def test_evaluate_with_test_time_augmentation(trained, tiny_data, tiny_params, t
     assert tta.shape == (result["test_volumes"], 3) and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
 
 
+def test_from_scratch_trains_every_block_whatever_frozen_blocks_says(
+    tiny_data, tiny_params, tmp_path
+):
+    params = tiny_params.model_copy(deep=True)
+    params.pretrain.mode = "none"
+    params.finetune.frozen_blocks = 2  # would pin random weights: not applied
+    pretrain.run(tiny_data["preprocessed"], tmp_path / "pretrained", params)
+    finetune.run(
+        tmp_path / "pretrained",
+        tiny_data["augmented"],
+        tiny_data["preprocessed"],
+        tmp_path / "scratch",
+        params,
+    )
+    bundle = json.loads((tmp_path / "scratch" / "bundle.json").read_text())
+    assert bundle["frozen_blocks"] == []
+    initial = _encoder_weights(tmp_path / "pretrained" / "encoder.keras")
+    tuned = _encoder_weights(tmp_path / "scratch" / "model.keras")
+    assert not _same(tuned["stem_conv"], initial["stem_conv"])  # the stem trained too
+
+
 def test_training_seed_changes_the_initial_weights_only(tiny_data, tiny_params, tmp_path):
     def encoder(training_seed):
         params = tiny_params.model_copy(deep=True)
