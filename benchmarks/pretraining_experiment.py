@@ -10,9 +10,11 @@ mean and spread per mode, and the paired gain per seed:
         --json reports/pretraining_experiment.json
 
 Run it in a clean checkout (it changes params.yaml through DVC's experiments, then restores
-the workspace). ``--vary all`` (the default) sets ``seed``: a seed changes everything
-seeded (the synthetic dataset, the splits, which labels are kept, the initial weights, the
-augmentation), so the spread between seeds is the whole run-to-run variation. ``--vary
+the workspace). ``--rerun MODE --json FILE`` reruns one arm and keeps the other's rows
+from FILE (for a change that touches one arm only). ``--vary all`` (the default) sets
+``seed``: a seed changes everything seeded (the synthetic dataset, the splits, which labels
+are kept, the initial weights, the augmentation), so the spread between seeds is the whole
+run-to-run variation. ``--vary
 training`` sets ``training.seed`` instead: the same dataset, splits and kept labels, and
 only the training's randomness (initial weights, batch order, corruptions, dropout) varies.
 """
@@ -110,13 +112,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], help="more -S key=value")
     parser.add_argument("--vary", choices=["all", "training"], default="all")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--rerun",
+        metavar="MODE",
+        help="run only this mode and keep the other mode's rows from --json (after a change "
+        "that affects one arm only); the file is rewritten with both",
+    )
     args = parser.parse_args(argv)
     rows = []
+    if args.rerun:
+        if args.rerun not in args.modes or not (args.json and args.json.is_file()):
+            parser.error("--rerun needs one of --modes and an existing --json to keep rows from")
+        kept = json.loads(args.json.read_text())["rows"]
+        rows = [row for row in kept if row["mode"] != args.rerun and row["seed"] in args.seeds]
     for seed in args.seeds:
         for mode in args.modes:
+            if args.rerun and mode != args.rerun:
+                continue
             row = run(seed, mode, args.label_fraction, args.set, args.vary)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    rows.sort(key=lambda row: (row["seed"], args.modes.index(row["mode"])))
     subprocess.run(["git", "checkout", "params.yaml"], check=False)
     summary = summarize(rows, args.modes)
     print(json.dumps(summary, indent=2))
