@@ -70,17 +70,19 @@ class Watched:
         for line in self.process.stdout:
             self.lines.append(line.rstrip())
 
+    def _stage_start(self) -> int | None:
+        """The index of the last "Running stage" line (None: no stage has started)."""
+        starts = [i for i, line in enumerate(self.lines) if line.startswith("Running stage")]
+        return starts[-1] if starts else None
+
     def running(self) -> str | None:
-        stages = [line for line in self.lines if line.startswith("Running stage")]
-        return stages[-1].split("'")[1] if stages else None
+        start = self._stage_start()
+        return None if start is None else self.lines[start].split("'")[1]
 
     def training(self) -> bool:
         """Whether the stage now running has started to train (its device line is out)."""
-        since = max(
-            (i for i, line in enumerate(self.lines) if line.startswith("Running stage")),
-            default=0,
-        )
-        return any("voxelflow.devices: training on" in line for line in self.lines[since:])
+        start = self._stage_start() or 0
+        return any("voxelflow.devices: training on" in line for line in self.lines[start:])
 
     def kill_after(self, condition, timeout: float = 300) -> str | None:
         """SIGKILLs the group once ``condition()`` holds; returns the stage it was running
