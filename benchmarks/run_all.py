@@ -45,6 +45,7 @@ def benchmarks(quick: bool) -> dict[str, list[str]]:
         + (["--volumes", "16", "--epochs", "2", "--repeats", "1"] if quick else []),
         "models": ["bench_models.py"] + (["--sizes", "32", "--steps", "1"] if quick else []),
         "global-stats-baseline": ["global_stats_baseline.py", "data/preprocessed"],
+        "lesion-signal": ["lesion_signal.py", "data/raw", "--spec", "data/preprocessed"],
     }
 
 
