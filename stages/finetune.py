@@ -143,7 +143,9 @@ def run(
         if tune.balance == "class_weight":
             fit["class_weight"] = weights
         total = tune.epochs + tune.phase2_epochs
-        data = _training_data(train, shape, len(classes), spec, params, placement.replicas, total)
+        data = _training_data(
+            train, len(originals), shape, len(classes), spec, params, placement.replicas, total
+        )
         _compile(
             model,
             keras.optimizers.AdamW,
@@ -312,8 +314,11 @@ def _callbacks(params: Params, logs_dir, phase: int) -> list:
     return callbacks
 
 
-def _training_data(train, shape, num_classes: int, spec, params: Params, replicas: int, epochs):
-    """``data(start_epoch)``: the training batches from that epoch on, one-hot, repeated."""
+def _training_data(
+    train, originals: int, shape, num_classes: int, spec, params: Params, replicas: int, epochs
+):
+    """``data(start_epoch)``: the training batches from that epoch on, one-hot, repeated.
+    ``originals``: the distinct train volumes (online: ``train`` lists them once per copy)."""
     tune = params.finetune
     options = {"replicas": replicas}
     if tune.balance == "sampler":
@@ -332,7 +337,7 @@ def _training_data(train, shape, num_classes: int, spec, params: Params, replica
                 spec.target_spacing_mm,
                 epochs,
                 start_epoch=start_epoch,
-                originals=len(train) // (copies + (1 if tune.include_originals else 0)),
+                originals=originals,
                 copies=copies,
                 **options,
             )
