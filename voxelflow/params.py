@@ -145,7 +145,7 @@ class PreprocessParams(Section):
     max_auto_shape: int = Field(128, ge=8)
     crop_foreground: bool = True
     normalization: Literal["zscore", "window", "minmax"] = "zscore"
-    clip_percentiles: tuple[float, float] = (0.5, 100.0)
+    clip_percentiles: tuple[float, float] = (0.5, 99.9)
     window: tuple[float, float] | Literal["auto"] = "auto"
     interpolation_order: Literal[0, 1, 3] = 1
 

@@ -217,6 +217,9 @@ def resample_labels(
     return out.astype(labels.dtype)
 
 
+FOREGROUND_REFERENCE = 99.9  # percentile: the foreground threshold's upper reference, at most
+
+
 def _percentile_clip(data: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float, float]:
     low, high = (float(value) for value in np.percentile(data, spec.clip_percentiles))
     if high <= low:
@@ -239,7 +242,13 @@ def normalize(data: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     clipped, low, high = _percentile_clip(data, spec)
     if spec.normalization == "minmax":
         return ((clipped - low) / (high - low)).astype(np.float32)
-    foreground = clipped > low + spec.foreground_fraction * (high - low)
+    # the foreground threshold's upper reference is the 99.9th percentile at most: with a
+    # higher (or no) upper clip, a lesion or one hot voxel would otherwise raise the
+    # threshold and shift the whole volume's statistics
+    reference = high
+    if spec.clip_percentiles[1] > FOREGROUND_REFERENCE:
+        reference = float(np.percentile(data, FOREGROUND_REFERENCE))
+    foreground = clipped > low + spec.foreground_fraction * (reference - low)
     if foreground.mean() < 0.01:
         foreground = np.ones_like(foreground)
     values = clipped[foreground]

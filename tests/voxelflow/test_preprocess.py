@@ -64,6 +64,22 @@ def test_normalize_is_robust_and_standardised():
     assert out.max() < 10
 
 
+def test_without_an_upper_clip_a_hot_voxel_keeps_out_of_the_statistics():
+    """No upper clip (``[0.5, 100]``) keeps a bright finding, and a hot voxel must not raise
+    the foreground threshold (10% of the range) and with it shift the whole volume."""
+    rng = np.random.default_rng(1)
+    data = np.zeros((20, 20, 20), np.float32)
+    data[4:16, 4:16, 4:16] = rng.normal(50, 5, size=(12, 12, 12))  # dim tissue
+    data[7:13, 7:13, 7:13] = rng.normal(100, 5, size=(6, 6, 6))  # bright tissue
+    clean = normalize(data, PreprocessSpec((2.0,) * 3, (16,) * 3, (0.5, 100.0), 1))
+    data[2, 2, 2] = 5000.0  # 50x the brightest tissue: 10% of it is above every voxel
+    spiked = normalize(data, PreprocessSpec((2.0,) * 3, (16,) * 3, (0.5, 100.0), 1))
+    tissue = np.zeros(data.shape, bool)
+    tissue[4:16, 4:16, 4:16] = True
+    np.testing.assert_allclose(spiked[tissue], clean[tissue], atol=0.05)
+    assert spiked[2, 2, 2] > 100  # kept, not clipped
+
+
 def test_normalize_refuses_constant():
     with pytest.raises(ValueError, match="percentiles coincide"):
         normalize(np.ones((8, 8, 8), np.float32), SPEC)
