@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.pipeline import _environment
@@ -37,11 +38,12 @@ def _git(root: str, *arguments: str) -> str:
     ).stdout
 
 
-def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
+def read_runs(root: str, all_commits: bool = False) -> dict[str, list[dict]]:
     """Every named experiment of the current commit (``all_commits``: of every commit, the
-    current one first when a name repeats): its test metrics, the validation metrics of its
-    selected epoch and its fine-tuning minutes, from ``dvc exp show --json`` (experiments
-    whose metrics are missing, or still running, are left out)."""
+    current one first; several designs or commits may reuse a name): its test metrics, the
+    validation metrics of its selected epoch, its fine-tuning minutes and its params (as
+    ``-S`` keys), from ``dvc exp show --json`` (experiments whose metrics are missing, or
+    still running, are left out)."""
     process = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] if all_commits else [])],
         cwd=root,
@@ -51,7 +53,7 @@ def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
     )
     if process.returncode != 0:
         raise RuntimeError(f"dvc exp show failed:\n{process.stdout}\n{process.stderr}")
-    found: dict[str, dict] = {}
+    found: dict[str, list[dict]] = {}
 
     def walk(node) -> None:
         if isinstance(node, list):
@@ -70,8 +72,8 @@ def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
         if name and evaluated:
             tuned = (metrics.get(FINETUNE) or {}).get("data") or {}
             validation = (evaluated.get("model") or {}).get("val_metrics") or {}
-            found.setdefault(
-                name,
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+            found.setdefault(name, []).append(
                 {
                     "balanced_accuracy": evaluated.get("balanced_accuracy"),
                     "macro_auc_ovr": evaluated.get("macro_auc_ovr"),
@@ -80,6 +82,7 @@ def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
                     "val_loss": validation.get("loss"),
                     "minutes": tuned["seconds"] / 60 if tuned.get("seconds") else None,
                     "rev": node.get("rev"),
+                    "params": ablation.flatten(params) if params is not None else None,
                 },
             )
         for key, value in node.items():
@@ -88,6 +91,23 @@ def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
 
     walk(json.loads(process.stdout or "[]"))
     return found
+
+
+def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
+    """:func:`read_runs`, the first run of each name (the current commit's, if any)."""
+    return {name: runs[0] for name, runs in read_runs(root, all_commits).items()}
+
+
+def committed_params(root: str) -> dict:
+    """The committed params.yaml as written (every experiment starts from it)."""
+    return yaml.safe_load(_git(root, "show", "HEAD:params.yaml")) or {}
+
+
+def read_design_results(root: str, experiments: list, all_commits: bool = False) -> dict:
+    """The design's experiments found in ``dvc exp show``: under its name, the run whose
+    params are the committed params.yaml with the experiment's settings (an older commit's
+    run of another baseline, or another design's cell of the same name, is not it)."""
+    return ablation.matching(experiments, read_runs(root, all_commits), committed_params(root))
 
 
 @task(retries=1, retry_delay_seconds=10)
@@ -128,7 +148,7 @@ def write_report(
     all_commits: bool = False,
 ) -> list[dict]:
     """``out`` (markdown) and its figure beside it, from ``dvc exp show`` alone."""
-    results = read_experiments(root, all_commits)
+    results = read_design_results(root, experiments, all_commits)
     rows = ablation.summarize(design, experiments, results)
     out_path = Path(root) / out
     figure = out_path.with_suffix(".png")
@@ -162,7 +182,7 @@ def ablate(
             f"{root}: params.yaml or dvc.yaml has uncommitted changes ({changed!r}); every "
             "experiment starts from the committed params.yaml: commit or stash them first"
         )
-    done = read_experiments(root, all_commits)
+    done = read_design_results(root, experiments, all_commits)
     todo = [experiment for experiment in experiments if experiment.name not in done]
     logger.info(
         "%d experiments in the design, %d done before, %d to run",

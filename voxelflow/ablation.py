@@ -147,6 +147,32 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+_MISSING = object()
+
+
+def matching(
+    experiments: list[Experiment], runs: dict[str, list[dict]], committed: dict
+) -> dict[str, dict]:
+    """Each experiment's recorded run: of the runs under its name (``runs``, best first),
+    the first whose params (``run["params"]``, as ``-S`` keys) hold every value of the
+    ``committed`` params.yaml with the experiment's settings applied. A name alone is not
+    enough: with ``--all-commits`` an older commit may have run it from other defaults, and
+    another design may use the same name for other settings. Experiments with no such run
+    are left out (not run yet)."""
+    base = flatten(committed)
+    found = {}
+    for experiment in experiments:
+        expected = {**base, **experiment.settings}
+        for run in runs.get(experiment.name, []):
+            params = run.get("params")
+            if params is not None and all(
+                params.get(key, _MISSING) == value for key, value in expected.items()
+            ):
+                found[experiment.name] = run
+                break
+    return found
+
+
 def expand(design: Design, current_params: dict) -> list[Experiment]:
     """Every experiment of the design, baselines first, in a stable order.
 

@@ -6,6 +6,7 @@ from voxelflow.ablation import (
     expand,
     load_design,
     markdown,
+    matching,
     summarize,
     validation_choice,
 )
@@ -201,3 +202,36 @@ def test_the_committed_designs_expand_against_their_params(design_file, params_f
     experiments = expand(design, params_dict(load_params(root / params_file)))
     assert len(experiments) == count
     assert len({e.name for e in experiments}) == count
+
+
+def test_a_run_counts_for_an_experiment_only_with_its_settings_and_baseline():
+    """Names repeat across designs and commits: the run must hold the committed params
+    with the experiment's settings, or the experiment is still to run."""
+    design = Design(
+        seeds=[1],
+        baseline={"model.blocks_per_stage": [1, 1, 1, 1]},
+        levers={
+            "pretraining": {"ssl": {"pretrain.mode": "ssl"}, "none": {"pretrain.mode": "none"}}
+        },
+    )
+    committed = {"seed": 42, "pretrain": {"mode": "ssl"}, "preprocess": {"clip": [0.5, 100.0]}}
+    baseline, none = expand(design, committed)
+    assert baseline.name == "abl-all-baseline-baseline-s1"
+
+    def run(auc, **changes):
+        params = {"seed": 1, "pretrain.mode": "ssl", "preprocess.clip": [0.5, 100.0]}
+        params["model.blocks_per_stage"] = [1, 1, 1, 1]
+        return {"macro_auc_ovr": auc, "params": {**params, **changes}}
+
+    other_design = run(0.1, **{"model.blocks_per_stage": [1, 1]})
+    older_default = run(0.2, **{"preprocess.clip": [0.5, 99.9]})
+    runs = {
+        baseline.name: [other_design, older_default, run(0.3)],
+        none.name: [run(0.4, **{"pretrain.mode": "none"})],
+    }
+    found = matching([baseline, none], runs, committed)
+    assert found[baseline.name]["macro_auc_ovr"] == 0.3
+    assert found[none.name]["macro_auc_ovr"] == 0.4
+    # only mismatching runs, or runs whose params are unknown: not run yet
+    runs = {baseline.name: [other_design, older_default, {"macro_auc_ovr": 0.5}]}
+    assert matching([baseline, none], runs, committed) == {}
