@@ -1,23 +1,16 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.benchmarks import load_benchmark
 from voxelflow.params import parse_params
 from voxelflow.preprocess import PreprocessSpec
 from voxelflow.synthdata import write_dataset
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _module():
-    path = REPO / "benchmarks" / "lesion_signal.py"
-    spec = importlib.util.spec_from_file_location("lesion_signal", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lesion_signal")
 
 
 def test_blob_score_finds_a_small_bright_spot_in_noise():

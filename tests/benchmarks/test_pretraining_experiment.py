@@ -1,18 +1,12 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks import load_benchmark
 
 
 def _module():
-    path = REPO / "benchmarks" / "pretraining_experiment.py"
-    spec = importlib.util.spec_from_file_location("pretraining_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pretraining_experiment")
 
 
 def _row(seed, mode, score):
