@@ -26,7 +26,7 @@ from scipy import ndimage
 from voxelflow.dataset import read_rows, read_spec
 from voxelflow.metrics import auc_ovr
 from voxelflow.nifti import load_volume
-from voxelflow.preprocess import preprocess_volume
+from voxelflow.preprocess import normalize, resample
 
 UPPER = (99.5, 99.9, 99.99, 100.0)
 
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if not rows:
         raise SystemExit(f"{args.raw}/labels.csv: no 'normal' or 'lesion' rows to score")
-    volumes = [load_volume(Path(args.raw) / row["path"]) for row in rows]
+    # resampling does not depend on the clip: once per volume, then normalised per clip
+    resampled = []
+    for row in rows:
+        volume = load_volume(Path(args.raw) / row["path"])
+        resampled.append(resample(np.asarray(volume.data, dtype=np.float32), volume.affine, base))
     positive = np.array([row["label"] == "lesion" for row in rows])
     print(
         f"{int(positive.sum())} lesion and {int((~positive).sum())} normal volumes of "
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|")
     for upper in UPPER:
         spec = dataclasses.replace(base, clip_percentiles=(base.clip_percentiles[0], upper))
-        arrays = [preprocess_volume(volume.data, volume.affine, spec) for volume in volumes]
+        arrays = [normalize(array, spec) for array in resampled]
         peak = auc_ovr(positive, np.array([array.max() for array in arrays]))
         blob = auc_ovr(positive, np.array([blob_score(array) for array in arrays]))
         print(f"| {upper:g} | {peak:.3f} | {blob:.3f} |")

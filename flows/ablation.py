@@ -93,11 +93,6 @@ def read_runs(root: str, all_commits: bool = False) -> dict[str, list[dict]]:
     return found
 
 
-def read_experiments(root: str, all_commits: bool = False) -> dict[str, dict]:
-    """:func:`read_runs`, the first run of each name (the current commit's, if any)."""
-    return {name: runs[0] for name, runs in read_runs(root, all_commits).items()}
-
-
 def committed_params(root: str) -> dict:
     """The committed params.yaml as written (every experiment starts from it)."""
     return yaml.safe_load(_git(root, "show", "HEAD:params.yaml")) or {}

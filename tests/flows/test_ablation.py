@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_ablation_runs_experiments_and_tabulates_them_from_dvc(repro_reference, tmp_path):
-    from flows.ablation import ablate, read_experiments
+    from flows.ablation import ablate, read_runs
 
     root = tmp_path / "repository"
     shutil.copytree(repro_reference["root"], root, symlinks=True)
@@ -34,7 +34,7 @@ def test_ablation_runs_experiments_and_tabulates_them_from_dvc(repro_reference, 
 
     result = ablate(root=str(root))
     assert result["ran"] == 2 and result["failed"] == []
-    found = read_experiments(str(root))
+    found = {name: runs[0] for name, runs in read_runs(str(root)).items()}
     seed = design["seeds"][0]
     baseline = found[f"abl-all-baseline-baseline-s{seed}"]
     other = found[f"abl-all-level-c80-s{seed}"]
@@ -123,11 +123,12 @@ def test_an_experiment_still_running_is_not_read(monkeypatch):
         return subprocess.CompletedProcess(command, 0, stdout=json.dumps(listed), stderr="")
 
     monkeypatch.setattr(flow_module.subprocess, "run", run)
-    found = flow_module.read_experiments(".")
+    found = {name: runs[0] for name, runs in flow_module.read_runs(".").items()}
     assert list(found) == ["abl-all-baseline-baseline-s1"]
     assert found["abl-all-baseline-baseline-s1"]["balanced_accuracy"] == 0.7
     # --all-commits: earlier commits' experiments count too; the current commit's win
-    found = flow_module.read_experiments(".", all_commits=True)
+    runs = flow_module.read_runs(".", all_commits=True)
+    found = {name: listed[0] for name, listed in runs.items()}
     assert "-A" in calls[-1] and "-A" not in calls[0]
     assert sorted(found) == ["abl-all-baseline-baseline-s1", "abl-all-baseline-baseline-s3"]
     assert found["abl-all-baseline-baseline-s1"]["balanced_accuracy"] == 0.7
