@@ -63,6 +63,11 @@ class SynthParams(Section):
     lesion_radius_mm: tuple[PositiveFloat, PositiveFloat] = (3.0, 4.5)
     lesion_contrast: tuple[PositiveFloat, PositiveFloat] = (0.6, 0.9)
     atrophy_ventricle_scale: tuple[PositiveFloat, PositiveFloat] = (1.5, 1.9)
+    lesion_edema: tuple[Probability, Probability] = (0.15, 0.3)
+    scalp_intensity: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.3)
+    vessels: tuple[Annotated[int, Field(ge=0, le=50)], Annotated[int, Field(ge=0, le=50)]] = (2, 4)
+    focus_intensity: tuple[PositiveFloat, PositiveFloat] = (1.1, 1.6)
+    choroid_plexus: bool = True
 
     @field_validator("classes")
     @classmethod
@@ -75,7 +80,16 @@ class SynthParams(Section):
             )
         return value
 
-    @field_validator("spacing_mm", "lesion_radius_mm", "lesion_contrast", "atrophy_ventricle_scale")
+    @field_validator(
+        "spacing_mm",
+        "lesion_radius_mm",
+        "lesion_contrast",
+        "atrophy_ventricle_scale",
+        "lesion_edema",
+        "scalp_intensity",
+        "vessels",
+        "focus_intensity",
+    )
     @classmethod
     def _ranges(cls, value: tuple[float, float]) -> tuple[float, float]:
         return _ordered_range(value)

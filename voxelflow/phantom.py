@@ -8,11 +8,17 @@ noise and a scanner gain. The classes differ only locally:
 
 - ``normal``;
 - ``lesion``: one focal hyperintense lesion (as an enhancing or FLAIR-bright lesion looks) of
-  random size, contrast and position in white matter; it is a few hundred voxels, too few
-  to move the global intensity statistics;
+  random size, contrast and position in white matter, with a darker rim of oedema; it is a
+  few hundred voxels, too few to move the global intensity statistics;
 - ``atrophy``: enlarged ventricles and a thinner cortex. The outer CSF space is shrunk by the
   ventricles' excess volume, so the CSF fraction (and with it the global histogram) stays
   in the normal range: the difference is where the CSF is, not how much there is.
+
+A lesion is not the only bright thing in a head. Every subject, whatever its class, has
+bright scalp fat (as on T1), short enhancing vessel segments in the brain and a choroid
+plexus in each lateral ventricle, as bright as a lesion: neither the brightest voxel nor a
+bright-spot detector tells a lesion from a normal head; its shape (round, not a tube), its
+place (white matter, not a ventricle) and its oedema rim do.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ HEAD_RADII_MM = np.array([22.0, 26.0, 22.0])
 VENTRICLE_RADII_MM = np.array([3.0, 9.0, 4.5])
 VENTRICLE_OFFSET_MM = np.array([5.0, 2.0, 3.0])
 SCALP, SKULL, CSF_LIMIT = 0.92, 0.85, 0.85
+VESSEL_RADIUS_MM = (1.5, 2.5)  # large enhancing veins and sinuses, not capillaries
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class Anatomy:
     lesion_center: tuple[float, float, float] | None = None
     lesion_radius_mm: float = 0.0
     lesion_contrast: float = 0.0
+    lesion_edema: float = 0.0
+    # enhancing vessel segments: (start xyz, end xyz, radius mm, intensity) each
+    vessels: tuple[tuple[float, ...], ...] = ()
+    choroid_plexus: tuple[tuple[float, float], ...] = ()  # (radius mm, intensity) per side
 
 
 @dataclass(frozen=True)
@@ -74,11 +85,22 @@ def sample_anatomy(
     lesion_radius_mm: tuple[float, float] = (3.0, 4.5),
     lesion_contrast: tuple[float, float] = (0.6, 0.9),
     atrophy_ventricle_scale: tuple[float, float] = (1.5, 1.9),
+    scalp_intensity: tuple[float, float] = (1.0, 1.3),
+    lesion_edema: tuple[float, float] = (0.15, 0.3),
+    vessels: tuple[int, int] = (2, 4),
+    focus_intensity: tuple[float, float] = (1.1, 1.6),
+    choroid_plexus: bool = True,
 ) -> Anatomy:
     """Draws a subject of class ``label`` (one of :data:`CLASSES`).
 
-    The ranges set how hard the task is: a lesion's radius and its relative brightening of
-    white matter, and how much atrophy enlarges the ventricles (normal subjects: 0.75-1.15).
+    The ranges set how hard the task is: a lesion's radius, its relative brightening of
+    white matter and the darkening of its oedema rim, and how much atrophy enlarges the
+    ventricles (normal subjects: 0.75-1.15). The distractors every class has: the scalp's
+    intensity (white matter is 0.76-0.86), a number of enhancing vessel segments, a choroid
+    plexus in each lateral ventricle, and the intensity of these foci. With scalp (0.35,
+    0.5), no oedema, no vessels and no choroid plexus it draws the dataset before the
+    distractors (synth v1, on which benchmarks/RESULTS.md's earlier tables were measured):
+    the distractors' draws come after every other draw, so the subjects are the same.
     """
     if label not in CLASSES:
         raise ValueError(f"unknown phantom class {label!r}; expected one of {CLASSES}")
@@ -96,7 +118,7 @@ def sample_anatomy(
         ventricle_scale = rng.uniform(0.75, 1.15)
         cortex = rng.uniform(0.095, 0.14)
     tissue = (
-        rng.uniform(0.35, 0.5),
+        rng.uniform(*scalp_intensity),
         rng.uniform(0.08, 0.16),
         rng.uniform(0.22, 0.32),
         rng.uniform(0.5, 0.6),
@@ -126,6 +148,30 @@ def sample_anatomy(
             lesion_center=tuple(float(value) for value in point),
             lesion_radius_mm=float(rng.uniform(*lesion_radius_mm)),
             lesion_contrast=float(rng.uniform(*lesion_contrast)),
+        )
+        if lesion_edema[1] > 0:
+            anatomy["lesion_edema"] = float(rng.uniform(*lesion_edema))
+    segments = []
+    for _ in range(int(rng.integers(vessels[0], vessels[1] + 1)) if vessels[1] > 0 else 0):
+        # a straight segment 8-16 mm long through a point inside the brain, any direction
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        unit = rng.normal(size=3)
+        unit /= np.linalg.norm(unit)
+        center = unit * rng.uniform(0.1, brain_radius - 0.05) * HEAD_RADII_MM * size
+        half = direction * rng.uniform(4.0, 8.0)
+        segments.append(
+            (
+                *(float(value) for value in center - half),
+                *(float(value) for value in center + half),
+                float(rng.uniform(*VESSEL_RADIUS_MM)),
+                float(rng.uniform(*focus_intensity)),
+            )
+        )
+    anatomy["vessels"] = tuple(segments)
+    if choroid_plexus:
+        anatomy["choroid_plexus"] = tuple(
+            (float(rng.uniform(1.8, 2.6)), float(rng.uniform(*focus_intensity))) for _ in range(2)
         )
     return Anatomy(**anatomy)
 
@@ -205,9 +251,37 @@ def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
     image[_inside_ventricles(points, anatomy.size, anatomy.ventricle_scale)] = csf
     if anatomy.lesion_center is not None:
         distance = np.linalg.norm(points - np.asarray(anatomy.lesion_center), axis=1)
-        weight = 1.0 / (1.0 + np.exp((distance - anatomy.lesion_radius_mm) / 0.5))
+        weight = _soft_inside(distance, anatomy.lesion_radius_mm)
+        if anatomy.lesion_edema:
+            # oedema: a darker shell out to twice the radius, fading at its edge
+            edema = _soft_inside(distance, 2.0 * anatomy.lesion_radius_mm) - weight
+            image *= 1.0 - anatomy.lesion_edema * edema
         image *= 1.0 + anatomy.lesion_contrast * weight
+    for segment in anatomy.vessels:
+        start, end = np.asarray(segment[:3]), np.asarray(segment[3:6])
+        axis = end - start
+        along = np.clip((points - start) @ axis / float(axis @ axis), 0.0, 1.0)
+        distance = np.linalg.norm(points - (start + along[:, None] * axis), axis=1)
+        _blend(image, _soft_inside(distance, segment[6]), segment[7])
+    for side, (radius, intensity) in zip((-1.0, 1.0), anatomy.choroid_plexus, strict=False):
+        # in the atrium of each lateral ventricle, wherever the ventricle is
+        scale = anatomy.size * anatomy.ventricle_scale
+        center = VENTRICLE_OFFSET_MM * anatomy.size * np.array([side, 1.0, 1.0])
+        center = center - np.array([0.0, 0.5 * VENTRICLE_RADII_MM[1] * scale, 0.0])
+        distance = np.linalg.norm(points - center, axis=1)
+        _blend(image, _soft_inside(distance, radius * anatomy.size), intensity)
     return image
+
+
+def _soft_inside(distance: np.ndarray, radius: float) -> np.ndarray:
+    """1 inside ``radius``, 0 outside, with a 0.5 mm soft edge (partial volume)."""
+    return 1.0 / (1.0 + np.exp((distance - radius) / 0.5))
+
+
+def _blend(image: np.ndarray, weight: np.ndarray, intensity: float) -> None:
+    """An enhancing structure of ``intensity`` replaces the tissue where ``weight`` is 1."""
+    image *= 1.0 - weight
+    image += intensity * weight
 
 
 def render(anatomy: Anatomy, scan: Scan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -76,6 +76,11 @@ def render_scan(planned: PlannedScan) -> tuple:
         lesion_radius_mm=params.lesion_radius_mm,
         lesion_contrast=params.lesion_contrast,
         atrophy_ventricle_scale=params.atrophy_ventricle_scale,
+        scalp_intensity=params.scalp_intensity,
+        lesion_edema=params.lesion_edema,
+        vessels=params.vessels,
+        focus_intensity=params.focus_intensity,
+        choroid_plexus=params.choroid_plexus,
     )
     scan_rng = rng_for(planned.seed, "synth-scan", planned.scan_id)
     scan = phantom.sample_scan(

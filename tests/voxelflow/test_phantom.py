@@ -52,3 +52,48 @@ def test_atrophy_enlarges_ventricles_but_not_total_csf():
     assert min(ventricles["atrophy"]) > max(ventricles["normal"])
     # the outer CSF shrinks to compensate: the CSF fractions overlap
     assert min(csf["atrophy"]) < max(csf["normal"])
+
+
+V1 = dict(scalp_intensity=(0.35, 0.5), lesion_edema=(0.0, 0.0), vessels=(0, 0))
+
+
+def test_v1_draws_the_same_subjects_without_the_distractors():
+    for seed, label in enumerate(phantom.CLASSES * 3):
+        v1 = phantom.sample_anatomy(rng_for(seed, "a"), label, choroid_plexus=False, **V1)
+        v2 = phantom.sample_anatomy(rng_for(seed, "a"), label)
+        assert v1.vessels == () and v1.choroid_plexus == () and v1.lesion_edema == 0.0
+        assert 0.35 <= v1.tissue[0] <= 0.5 and 1.0 <= v2.tissue[0] <= 1.3
+        assert v1.tissue[1:] == v2.tissue[1:]
+        same = ("tissue", "vessels", "choroid_plexus", "lesion_edema")
+        assert {k: v for k, v in v1.__dict__.items() if k not in same} == {
+            k: v for k, v in v2.__dict__.items() if k not in same
+        }
+
+
+def test_every_class_has_lesion_bright_distractors():
+    for seed, label in enumerate(phantom.CLASSES * 4):
+        anatomy = phantom.sample_anatomy(rng_for(seed, "d"), label)
+        assert 2 <= len(anatomy.vessels) <= 4 and len(anatomy.choroid_plexus) == 2
+        for vessel in anatomy.vessels:
+            middle = (np.asarray(vessel[:3]) + np.asarray(vessel[3:6]))[None] / 2
+            # a vessel of radius >= 1.5 mm is its own intensity on its axis (alone: vessels
+            # may cross each other or the choroid plexus)
+            alone = phantom.Anatomy(**{**anatomy.__dict__, "vessels": (vessel,)})
+            alone = phantom.Anatomy(**{**alone.__dict__, "choroid_plexus": ()})
+            assert abs(phantom.tissue_image(alone, middle)[0] - vessel[7]) < 0.1
+            assert 1.1 <= vessel[7] <= 1.6 and np.linalg.norm(middle) < 26
+        # the scalp, at the edge of the head, is brighter than white matter
+        radius = phantom.HEAD_RADII_MM[0] * anatomy.size
+        line = np.linspace(0.8, 1.2, 81)[:, None] * [[radius, 0.0, 0.0]]
+        profile = phantom.tissue_image(anatomy, line)
+        assert np.isclose(profile, anatomy.tissue[0]).any()
+        assert anatomy.tissue[0] > anatomy.tissue[4]
+
+
+def test_lesion_has_a_darker_oedema_rim():
+    anatomy = phantom.sample_anatomy(np.random.default_rng(5), "lesion", vessels=(0, 0))
+    assert 0.15 <= anatomy.lesion_edema <= 0.3
+    healthy = phantom.Anatomy(**{**anatomy.__dict__, "lesion_center": None})
+    rim = np.asarray(anatomy.lesion_center)[None] + [[1.5 * anatomy.lesion_radius_mm, 0, 0]]
+    darker = phantom.tissue_image(anatomy, rim)[0] / phantom.tissue_image(healthy, rim)[0]
+    assert darker < 1 - 0.8 * anatomy.lesion_edema
