@@ -23,16 +23,18 @@ def test_blob_score_finds_a_small_bright_spot_in_noise():
     assert signal.blob_score(spotted) > signal.blob_score(plain) + 0.3
 
 
-def test_table_scores_lesion_against_normal_for_each_upper_clip(tmp_path, capsys):
+def _table(tmp_path, capsys, **synth) -> dict:
+    tmp_path.mkdir()
     signal = _module()
     params = parse_params(
         {
             "seed": 5,
             "synth": {
                 "classes": ["normal", "lesion"],
-                "subjects_per_class": 5,
+                "subjects_per_class": 8,
                 "rescan_fraction": 0.0,
                 "unlabelled": 0,
+                **synth,
             },
         }
     )
@@ -43,13 +45,27 @@ def test_table_scores_lesion_against_normal_for_each_upper_clip(tmp_path, capsys
     (spec_dir / "preprocess.json").write_text(json.dumps(spec.to_dict()))
     signal.main([str(tmp_path / "raw"), "--spec", str(spec_dir)])
     out = capsys.readouterr().out
-    assert "5 lesion and 5 normal volumes" in out
+    assert "8 lesion and 8 normal volumes" in out
     lines = out.splitlines()
     rows = [line.split("|")[1:-1] for line in lines if line.startswith(("| 99", "| 100"))]
     assert [row[0].strip() for row in rows] == ["99.5", "99.9", "99.99", "100"]
-    scores = {row[0].strip(): (float(row[1]), float(row[2])) for row in rows}
-    # unclipped, the phantom's lesions are the brightest voxels of their volumes
-    assert scores["100"][0] >= 0.9 and scores["100"][1] >= 0.9
+    return {row[0].strip(): (float(row[1]), float(row[2])) for row in rows}
+
+
+def test_table_scores_lesion_against_normal_for_each_upper_clip(tmp_path, capsys):
+    # synth v1 (no distractors): unclipped, the lesions are the brightest voxels
+    v1 = _table(
+        tmp_path / "v1",
+        capsys,
+        scalp_intensity=[0.35, 0.5],
+        lesion_edema=[0.0, 0.0],
+        vessels=[0, 0],
+        choroid_plexus=False,
+    )
+    assert v1["100"][0] >= 0.9 and v1["100"][1] >= 0.9
+    # the default dataset: scalp, vessels and choroid plexus are as bright in every class
+    v2 = _table(tmp_path / "v2", capsys)
+    assert v2["100"][0] <= 0.8 and v2["99.9"][0] <= 0.8
 
 
 def test_refuses_a_table_without_normal_or_lesion_rows(tmp_path):
