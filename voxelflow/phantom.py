@@ -15,7 +15,8 @@ noise and a scanner gain. The classes differ only locally:
   in the normal range: the difference is where the CSF is, not how much there is.
 
 A lesion is not the only bright thing in a head. Every subject, whatever its class, has
-bright scalp fat (as on T1), short enhancing vessel segments in the brain and a choroid
+bright scalp fat (as on T1), short enhancing vessel segments centred in the brain (a few
+reach the skull; they may cross a lesion) and a choroid
 plexus in each lateral ventricle, as bright as a lesion: neither the brightest voxel nor a
 bright-spot detector tells a lesion from a normal head; its shape (round, not a tube), its
 place (white matter, not a ventricle) and its oedema rim do.
