@@ -16,10 +16,10 @@ noise and a scanner gain. The classes differ only locally:
 
 A lesion is not the only bright thing in a head. Every subject, whatever its class, has
 bright scalp fat (as on T1), short enhancing vessel segments centred in the brain (a few
-reach the skull; they may cross a lesion) and a choroid
-plexus in each lateral ventricle, as bright as a lesion: neither the brightest voxel nor a
-bright-spot detector tells a lesion from a normal head; its shape (round, not a tube), its
-place (white matter, not a ventricle) and its oedema rim do.
+reach the skull; they may cross a lesion) and a choroid plexus in each lateral ventricle,
+as bright as a lesion: neither the brightest voxel nor a bright-spot detector tells a
+lesion from a normal head; its shape (round, not a tube), its place (white matter, not a
+ventricle) and its oedema rim do.
 """
 
 from __future__ import annotations
