@@ -15,9 +15,9 @@ noise and a scanner gain. The classes differ only locally:
   in the normal range: the difference is where the CSF is, not how much there is.
 
 A lesion is not the only bright thing in a head. Every subject, whatever its class, has
-bright scalp fat (as on T1), short enhancing vessel segments centred in the brain (a few
-reach the skull; they may cross a lesion) and a choroid plexus in each lateral ventricle,
-as bright as a lesion: neither the brightest voxel nor a bright-spot detector tells a
+bright scalp fat (as on T1), short enhancing vessel segments inside the brain (clear of a
+lesion and its rim) and a choroid plexus inside each lateral ventricle, as bright as a
+lesion: neither the brightest voxel nor a bright-spot detector tells a
 lesion from a normal head; its shape (round, not a tube), its place (white matter, not a
 ventricle) and its oedema rim do.
 """
@@ -37,6 +37,7 @@ VENTRICLE_RADII_MM = np.array([3.0, 9.0, 4.5])
 VENTRICLE_OFFSET_MM = np.array([5.0, 2.0, 3.0])
 SCALP, SKULL, CSF_LIMIT = 0.92, 0.85, 0.85
 VESSEL_RADIUS_MM = (1.5, 2.5)  # large enhancing veins and sinuses, not capillaries
+_MAX_VESSEL_DRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -153,22 +154,31 @@ def sample_anatomy(
         if lesion_edema[1] > 0:
             anatomy["lesion_edema"] = float(rng.uniform(*lesion_edema))
     segments = []
+    lesion = anatomy.get("lesion_center")
     for _ in range(int(rng.integers(vessels[0], vessels[1] + 1)) if vessels[1] > 0 else 0):
-        # a straight segment 8-16 mm long through a point inside the brain, any direction
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        unit = rng.normal(size=3)
-        unit /= np.linalg.norm(unit)
-        center = unit * rng.uniform(0.1, brain_radius - 0.05) * HEAD_RADII_MM * size
-        half = direction * rng.uniform(4.0, 8.0)
-        segments.append(
-            (
-                *(float(value) for value in center - half),
-                *(float(value) for value in center + half),
-                float(rng.uniform(*VESSEL_RADIUS_MM)),
-                float(rng.uniform(*focus_intensity)),
-            )
-        )
+        for _attempt in range(_MAX_VESSEL_DRAWS):
+            # a straight segment 8-16 mm long through a point inside the brain, any direction
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            unit = rng.normal(size=3)
+            unit /= np.linalg.norm(unit)
+            center = unit * rng.uniform(0.1, brain_radius - 0.05) * HEAD_RADII_MM * size
+            half = direction * rng.uniform(4.0, 8.0)
+            radius = float(rng.uniform(*VESSEL_RADIUS_MM))
+            intensity = float(rng.uniform(*focus_intensity))
+            ends = np.stack([center - half, center + half])
+            # both ends inside the brain (not through the skull), and clear of a lesion and
+            # its oedema rim (a vessel over a lesion would hide what tells it apart)
+            inside = _head_coordinates(ends, size, quadratic, linear)[0] <= brain_radius
+            if inside.all() and (
+                lesion is None
+                or _segment_distance(np.asarray(lesion)[None], *ends)[0]
+                > 2.0 * anatomy["lesion_radius_mm"] + radius + 1.0
+            ):
+                break
+        else:  # pragma: no cover - about half the draws are accepted in the worst case
+            raise RuntimeError(f"no vessel fits this {label} subject in {_MAX_VESSEL_DRAWS} draws")
+        segments.append((*(float(value) for value in ends.ravel()), radius, intensity))
     anatomy["vessels"] = tuple(segments)
     if choroid_plexus:
         anatomy["choroid_plexus"] = tuple(
@@ -211,6 +221,30 @@ def _inside_ventricles(points: np.ndarray, size: float, scale: float, margin: fl
     return inside
 
 
+def _head_coordinates(points, size, quadratic, linear):
+    """The head's radial coordinate (1 at the scalp's surface) and direction of each point."""
+    scaled = points / (HEAD_RADII_MM * size)
+    rho = np.linalg.norm(scaled, axis=1)
+    unit = scaled / np.maximum(rho, 1e-6)[:, None]
+    q = quadratic
+    shape = (
+        q[0] * unit[:, 0] ** 2
+        + q[1] * unit[:, 1] ** 2
+        - (q[0] + q[1]) * unit[:, 2] ** 2
+        + q[2] * unit[:, 0] * unit[:, 1]
+        + q[3] * unit[:, 0] * unit[:, 2]
+        + q[4] * unit[:, 1] * unit[:, 2]
+    )
+    return rho / (1.0 + shape + unit @ np.asarray(linear)), unit
+
+
+def _segment_distance(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Distance of each point (N, 3) to the segment from ``start`` to ``end``."""
+    axis = end - start
+    along = np.clip((points - start) @ axis / float(axis @ axis), 0.0, 1.0)
+    return np.linalg.norm(points - (start + along[:, None] * axis), axis=1)
+
+
 def _rotation(tilt_degrees: tuple[float, float]) -> np.ndarray:
     yaw, pitch = np.deg2rad(tilt_degrees)
     around_z = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
@@ -222,20 +256,9 @@ def _rotation(tilt_degrees: tuple[float, float]) -> np.ndarray:
 
 def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
     """Noise-free tissue intensities at head-centred points (N, 3) in mm."""
-    radii = HEAD_RADII_MM * anatomy.size
-    scaled = points / radii
-    rho = np.linalg.norm(scaled, axis=1)
-    unit = scaled / np.maximum(rho, 1e-6)[:, None]
-    q = anatomy.shape_quadratic
-    quadratic = (
-        q[0] * unit[:, 0] ** 2
-        + q[1] * unit[:, 1] ** 2
-        - (q[0] + q[1]) * unit[:, 2] ** 2
-        + q[2] * unit[:, 0] * unit[:, 1]
-        + q[3] * unit[:, 0] * unit[:, 2]
-        + q[4] * unit[:, 1] * unit[:, 2]
+    rho, unit = _head_coordinates(
+        points, anatomy.size, anatomy.shape_quadratic, anatomy.shape_linear
     )
-    rho = rho / (1.0 + quadratic + unit @ np.asarray(anatomy.shape_linear))
     phase = anatomy.gyral_phase
     folds = anatomy.gyral_amplitude * (
         np.sin(9 * unit[:, 0] + phase[0])
@@ -249,7 +272,8 @@ def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
     image[rho <= CSF_LIMIT] = csf
     image[rho <= anatomy.brain_radius + folds * 0.5] = grey
     image[rho <= anatomy.brain_radius - anatomy.cortex_thickness + folds] = white
-    image[_inside_ventricles(points, anatomy.size, anatomy.ventricle_scale)] = csf
+    ventricles = _inside_ventricles(points, anatomy.size, anatomy.ventricle_scale)
+    image[ventricles] = csf
     if anatomy.lesion_center is not None:
         distance = np.linalg.norm(points - np.asarray(anatomy.lesion_center), axis=1)
         weight = _soft_inside(distance, anatomy.lesion_radius_mm)
@@ -259,10 +283,7 @@ def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
             image *= 1.0 - anatomy.lesion_edema * edema
         image *= 1.0 + anatomy.lesion_contrast * weight
     for segment in anatomy.vessels:
-        start, end = np.asarray(segment[:3]), np.asarray(segment[3:6])
-        axis = end - start
-        along = np.clip((points - start) @ axis / float(axis @ axis), 0.0, 1.0)
-        distance = np.linalg.norm(points - (start + along[:, None] * axis), axis=1)
+        distance = _segment_distance(points, np.asarray(segment[:3]), np.asarray(segment[3:6]))
         _blend(image, _soft_inside(distance, segment[6]), segment[7])
     for side, (radius, intensity) in zip((-1.0, 1.0), anatomy.choroid_plexus, strict=False):
         # in the atrium of each lateral ventricle, wherever the ventricle is
@@ -270,7 +291,9 @@ def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
         center = VENTRICLE_OFFSET_MM * anatomy.size * np.array([side, 1.0, 1.0])
         center = center - np.array([0.0, 0.5 * VENTRICLE_RADII_MM[1] * scale, 0.0])
         distance = np.linalg.norm(points - center, axis=1)
-        _blend(image, _soft_inside(distance, radius * anatomy.size), intensity)
+        # inside the ventricle only, however small it is (never a bright spot in white matter)
+        weight = _soft_inside(distance, radius * anatomy.size) * ventricles
+        _blend(image, weight, intensity)
     return image
 
 

@@ -93,10 +93,20 @@ def test_every_class_has_lesion_bright_distractors():
             alone = phantom.Anatomy(**{**anatomy.__dict__, "vessels": (vessel,)})
             alone = phantom.Anatomy(**{**alone.__dict__, "choroid_plexus": ()})
             assert abs(phantom.tissue_image(alone, middle)[0] - vessel[7]) < 0.1
-            # centred inside the brain's radius
             assert 1.1 <= vessel[7] <= 1.6
-            scaled = middle[0] / (phantom.HEAD_RADII_MM * anatomy.size)
-            assert np.linalg.norm(scaled) < anatomy.brain_radius
+            # its whole axis inside the brain: never through the skull or the scalp
+            axis = np.linspace(vessel[:3], vessel[3:6], 40)
+            assert (phantom.tissue_image(alone, axis) > 1.0).all()
+            healthy = phantom.Anatomy(**{**alone.__dict__, "vessels": ()})
+            assert (phantom.tissue_image(healthy, axis) > anatomy.tissue[2] - 0.01).all()
+            # clear of a lesion and its oedema rim: the lesion looks as it would alone
+            if anatomy.lesion_center is not None:
+                distance = phantom._segment_distance(
+                    np.asarray(anatomy.lesion_center)[None],
+                    np.asarray(vessel[:3]),
+                    np.asarray(vessel[3:6]),
+                )[0]
+                assert distance > 2 * anatomy.lesion_radius_mm + vessel[6] + 1.0
         # each choroid plexus sits in its lateral ventricle, its intensity at its centre
         for side, (_radius, intensity) in zip((-1, 1), anatomy.choroid_plexus, strict=True):
             assert 1.1 <= intensity <= 1.6
@@ -111,6 +121,23 @@ def test_every_class_has_lesion_bright_distractors():
         profile = phantom.tissue_image(anatomy, line)
         assert np.isclose(profile, anatomy.tissue[0]).any()
         assert anatomy.tissue[0] > anatomy.tissue[4]
+
+
+def test_choroid_plexus_stays_inside_the_smallest_ventricle():
+    anatomy = phantom.sample_anatomy(rng_for(3, "d"), "normal")
+    small = phantom.Anatomy(
+        **{**anatomy.__dict__, "ventricle_scale": 0.75, "size": 0.92, "vessels": ()}
+    )
+    small = phantom.Anatomy(**{**small.__dict__, "choroid_plexus": ((2.6, 1.6), (2.6, 1.6))})
+    without = phantom.Anatomy(**{**small.__dict__, "choroid_plexus": ()})
+    # a 0.25 mm grid over both ventricles and everything within 6 mm of them
+    axes = [np.arange(-12.0, 12.0, 0.25), np.arange(-14.0, 14.0, 0.25), np.arange(-4, 10, 0.25)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    inside = phantom._inside_ventricles(points, small.size, small.ventricle_scale)
+    with_plexus = phantom.tissue_image(small, points)
+    changed = ~np.isclose(with_plexus, phantom.tissue_image(without, points))
+    assert changed.sum() > 100  # the plexus is there (a 2.6 mm radius ball is 5,000 points)
+    assert not (changed & ~inside).any()  # and nowhere outside a ventricle
 
 
 def test_lesion_has_a_darker_oedema_rim():
