@@ -133,6 +133,8 @@ def run(
             encoder, models.head_from_params(params.model, encoder, len(classes))
         )
         steps = steps_per_epoch(len(train), tune.batch_size, placement.replicas)
+        passes = -(-tune.min_steps_per_epoch // steps) if tune.min_steps_per_epoch else 1
+        steps *= passes
         fit = {
             "validation_data": classification_dataset(
                 val, tune.batch_size, shape, shuffle=False, replicas=placement.replicas
@@ -144,7 +146,15 @@ def run(
             fit["class_weight"] = weights
         total = tune.epochs + tune.phase2_epochs
         data = _training_data(
-            train, len(originals), shape, len(classes), spec, params, placement.replicas, total
+            train,
+            len(originals),
+            shape,
+            len(classes),
+            spec,
+            params,
+            placement.replicas,
+            total,
+            passes,
         )
         _compile(
             model,
@@ -230,6 +240,7 @@ def run(
                 "model": brief(model_summary),
                 "devices": placement.describe(),
                 "train_samples": len(train),
+                "steps_per_epoch": steps,
                 "val_volumes": len(val),
                 "best_epoch": best_epoch + 1,
                 "epochs_run": len(scores),
@@ -315,11 +326,22 @@ def _callbacks(params: Params, logs_dir, phase: int) -> list:
 
 
 def _training_data(
-    train, originals: int, shape, num_classes: int, spec, params: Params, replicas: int, epochs
+    train,
+    originals: int,
+    shape,
+    num_classes: int,
+    spec,
+    params: Params,
+    replicas: int,
+    epochs: int,
+    passes: int = 1,
 ):
     """``data(start_epoch)``: the training batches from that epoch on, one-hot, repeated.
-    ``originals``: the distinct train volumes (online: ``train`` lists them once per copy)."""
+    ``originals``: the distinct train volumes (online: ``train`` lists them once per copy).
+    A training epoch is ``passes`` passes over ``train`` (each its own order and, online,
+    its own copies), so a resumed epoch gets the batches it would have had."""
     tune = params.finetune
+    epochs *= passes
     options = {"replicas": replicas}
     if tune.balance == "sampler":
         options["weights"] = balanced_weights(train.labels)
@@ -327,6 +349,7 @@ def _training_data(
     copies = params.augment.copies
 
     def data(start_epoch: int):
+        start_epoch *= passes
         if tune.augmentation == "online":
             dataset = online_dataset(
                 train,

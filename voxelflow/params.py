@@ -349,6 +349,10 @@ class FinetuneParams(Section):
     include_originals: bool = True
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
     patience: int = Field(10, ge=1)
+    # an epoch is at least this many steps, made of whole passes over the training samples
+    # (0: one pass): with few labels, the epochs that patience and the schedule count are
+    # then as long as with many
+    min_steps_per_epoch: int = Field(0, ge=0)
     # the validation metric that picks the bundled epoch and stops early; val_auc: macro
     # one-vs-rest ROC AUC
     monitor: Literal["val_loss", "val_accuracy", "val_auc"] = "val_loss"

@@ -184,6 +184,47 @@ def test_finetune_without_augmentation_sees_only_originals_as_often(
     assert bundle["train_samples"] == originals * (params.augment.copies + 1)
 
 
+def test_min_steps_per_epoch_makes_an_epoch_of_whole_passes(
+    trained, tiny_data, tiny_params, tmp_path
+):
+    from voxelflow.data import cache_source, preprocessed_source, steps_per_epoch
+    from voxelflow.dataset import class_names, read_spec
+
+    classes = class_names(tiny_data["preprocessed"])
+    spec = read_spec(tiny_data["preprocessed"])
+    train = cache_source(tiny_data["augmented"], classes)
+    natural = steps_per_epoch(len(train), 4)
+    data = finetune._training_data(
+        train, len(train), tuple(spec.target_shape), 3, spec, tiny_params, 1, 2, passes=3
+    )
+    batches = [x.numpy() for x, _ in data(0).take(6 * natural)]
+    first = np.concatenate(batches[: 3 * natural])
+    # the first epoch holds every sample exactly three times, in three different orders
+    digests = sorted(volume.tobytes() for volume in first)
+    assert digests == sorted(
+        volume.tobytes() for volume in np.concatenate([first[: len(train)]] * 3)
+    )
+    assert len(set(digests)) == len(train)
+    assert not np.array_equal(first[: len(train)], first[len(train) : 2 * len(train)])
+    # a run resumed at epoch 1 gets the batches the uninterrupted run had there
+    resumed = [x.numpy() for x, _ in data(1).take(3 * natural)]
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, batches[3 * natural :], strict=True))
+
+    # fine-tuning (the cache and the originals): just over two passes' steps make it three
+    originals = len(preprocessed_source(tiny_data["preprocessed"], ("train",), classes))
+    one_pass = steps_per_epoch(len(train) + originals, 4)
+    params = tiny_params.model_copy(deep=True)
+    params.finetune.min_steps_per_epoch = 2 * one_pass + 1
+    bundle = finetune.run(
+        trained / "pretrained",
+        tiny_data["augmented"],
+        tiny_data["preprocessed"],
+        tmp_path / "m",
+        params,
+    )
+    assert bundle["steps_per_epoch"] == 3 * one_pass
+
+
 def _encoder_weights(path) -> dict[str, list[np.ndarray]]:
     model = keras.saving.load_model(path, safe_mode=True)
     encoder = model if model.name == "encoder" else model.get_layer("encoder")
