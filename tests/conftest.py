@@ -35,7 +35,7 @@ TINY = {
     "augment": {"copies": 2, "shard_size": 5},
     "model": {"width": 4, "blocks_per_stage": [1, 1], "head_units": 8},
     "pretrain": {"epochs": 1, "batch_size": 4},
-    "finetune": {"epochs": 1, "batch_size": 4, "patience": 1},
+    "finetune": {"epochs": 1, "batch_size": 4, "patience": 1, "min_steps_per_epoch": 0},
     "evaluate": {"batch_size": 4},
 }
 
