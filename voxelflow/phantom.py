@@ -17,8 +17,8 @@ noise and a scanner gain. The classes differ only locally:
 A lesion is not the only bright thing in a head. Every subject, whatever its class, has
 bright scalp fat (as on T1), short enhancing vessel segments inside the brain (clear of a
 lesion and its rim) and a choroid plexus inside each lateral ventricle, as bright as a
-lesion: neither the brightest voxel nor a bright-spot detector tells a
-lesion from a normal head; its shape (round, not a tube), its place (white matter, not a
+lesion: the brightest voxel does not tell a lesion from a normal head, and a bright-spot
+detector only in part; its shape (round, not a tube), its place (white matter, not a
 ventricle) and its oedema rim do.
 """
 

@@ -1,5 +1,6 @@
 """pretrain -> finetune -> evaluate on the tiny dataset, and the bundle's round trip."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def test_finetune_without_augmentation_sees_only_originals_as_often(
 
 
 def test_min_steps_per_epoch_makes_an_epoch_of_whole_passes(
-    trained, tiny_data, tiny_params, tmp_path
+    trained, tiny_data, tiny_params, tmp_path, monkeypatch
 ):
     from voxelflow.data import cache_source, preprocessed_source, steps_per_epoch
     from voxelflow.dataset import class_names, read_spec
@@ -215,6 +216,14 @@ def test_min_steps_per_epoch_makes_an_epoch_of_whole_passes(
     one_pass = steps_per_epoch(len(train) + originals, 4)
     params = tiny_params.model_copy(deep=True)
     params.finetune.min_steps_per_epoch = 2 * one_pass + 1
+    handed = []
+    original = finetune._training_data
+
+    def spy(*args, **kwargs):
+        handed.append(inspect.signature(original).bind(*args, **kwargs).arguments)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "_training_data", spy)
     bundle = finetune.run(
         trained / "pretrained",
         tiny_data["augmented"],
@@ -223,6 +232,8 @@ def test_min_steps_per_epoch_makes_an_epoch_of_whole_passes(
         params,
     )
     assert bundle["steps_per_epoch"] == 3 * one_pass
+    # and the batches it drew came in those passes
+    assert handed[0].get("passes") == 3
 
 
 def _encoder_weights(path) -> dict[str, list[np.ndarray]]:
