@@ -133,7 +133,7 @@ def run(
             encoder, models.head_from_params(params.model, encoder, len(classes))
         )
         steps = steps_per_epoch(len(train), tune.batch_size, placement.replicas)
-        passes = -(-tune.min_steps_per_epoch // steps) if tune.min_steps_per_epoch else 1
+        passes = max(1, -(-tune.min_steps_per_epoch // steps))  # whole passes, rounded up
         steps *= passes
         fit = {
             "validation_data": classification_dataset(

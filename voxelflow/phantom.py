@@ -176,7 +176,7 @@ def sample_anatomy(
                 > 2.0 * anatomy["lesion_radius_mm"] + radius + 1.0
             ):
                 break
-        else:  # pragma: no cover - about half the draws are accepted in the worst case
+        else:  # pragma: no cover - 1.85 draws per vessel on average (900 subjects, RESULTS)
             raise RuntimeError(f"no vessel fits this {label} subject in {_MAX_VESSEL_DRAWS} draws")
         segments.append((*(float(value) for value in ends.ravel()), radius, intensity))
     anatomy["vessels"] = tuple(segments)
@@ -286,15 +286,19 @@ def tissue_image(anatomy: Anatomy, points: np.ndarray) -> np.ndarray:
         distance = _segment_distance(points, np.asarray(segment[:3]), np.asarray(segment[3:6]))
         _blend(image, _soft_inside(distance, segment[6]), segment[7])
     for side, (radius, intensity) in zip((-1.0, 1.0), anatomy.choroid_plexus, strict=False):
-        # in the atrium of each lateral ventricle, wherever the ventricle is
-        scale = anatomy.size * anatomy.ventricle_scale
-        center = VENTRICLE_OFFSET_MM * anatomy.size * np.array([side, 1.0, 1.0])
-        center = center - np.array([0.0, 0.5 * VENTRICLE_RADII_MM[1] * scale, 0.0])
-        distance = np.linalg.norm(points - center, axis=1)
+        distance = np.linalg.norm(points - choroid_center(anatomy, side), axis=1)
         # inside the ventricle only, however small it is (never a bright spot in white matter)
         weight = _soft_inside(distance, radius * anatomy.size) * ventricles
         _blend(image, weight, intensity)
     return image
+
+
+def choroid_center(anatomy: Anatomy, side: float) -> np.ndarray:
+    """The choroid plexus's centre (mm) in the atrium of the lateral ventricle of ``side``
+    (-1 or 1), wherever the ventricle is."""
+    scale = anatomy.size * anatomy.ventricle_scale
+    center = VENTRICLE_OFFSET_MM * anatomy.size * np.array([side, 1.0, 1.0])
+    return center - np.array([0.0, 0.5 * VENTRICLE_RADII_MM[1] * scale, 0.0])
 
 
 def _soft_inside(distance: np.ndarray, radius: float) -> np.ndarray:

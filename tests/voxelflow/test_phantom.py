@@ -94,9 +94,8 @@ def test_every_class_has_lesion_bright_distractors():
             alone = phantom.Anatomy(**{**alone.__dict__, "choroid_plexus": ()})
             assert abs(phantom.tissue_image(alone, middle)[0] - vessel[7]) < 0.1
             assert 1.1 <= vessel[7] <= 1.6
-            # its whole axis inside the brain: never through the skull or the scalp
+            # its whole axis inside the brain: never through the skull (darker than any CSF)
             axis = np.linspace(vessel[:3], vessel[3:6], 40)
-            assert (phantom.tissue_image(alone, axis) > 1.0).all()
             healthy = phantom.Anatomy(**{**alone.__dict__, "vessels": ()})
             assert (phantom.tissue_image(healthy, axis) > anatomy.tissue[2] - 0.01).all()
             # clear of a lesion and its oedema rim: the lesion looks as it would alone
@@ -110,9 +109,7 @@ def test_every_class_has_lesion_bright_distractors():
         # each choroid plexus sits in its lateral ventricle, its intensity at its centre
         for side, (_radius, intensity) in zip((-1, 1), anatomy.choroid_plexus, strict=True):
             assert 1.1 <= intensity <= 1.6
-            scale = anatomy.size * anatomy.ventricle_scale
-            center = phantom.VENTRICLE_OFFSET_MM * anatomy.size * np.array([side, 1.0, 1.0])
-            center -= [0.0, 0.5 * phantom.VENTRICLE_RADII_MM[1] * scale, 0.0]
+            center = phantom.choroid_center(anatomy, side)
             assert phantom._inside_ventricles(center[None], anatomy.size, anatomy.ventricle_scale)
             assert abs(phantom.tissue_image(anatomy, center[None])[0] - intensity) < 0.1
         # the scalp, at the edge of the head, is brighter than white matter
