@@ -179,6 +179,7 @@ def ablate(
         )
     done = read_design_results(root, experiments, all_commits)
     todo = [experiment for experiment in experiments if experiment.name not in done]
+    todo = ablation.run_order(todo)  # one seed's data and pretraining, reused
     logger.info(
         "%d experiments in the design, %d done before, %d to run",
         len(experiments),

@@ -223,6 +223,18 @@ def expand(design: Design, current_params: dict) -> list[Experiment]:
     return experiments
 
 
+def run_order(experiments: list[Experiment]) -> list[Experiment]:
+    """The order to run experiments in: by regime, then by seed, the design's order within.
+
+    ``dvc exp run`` leaves an experiment's outputs and dvc.lock in the workspace, and the
+    next one skips every stage whose params and inputs did not change: consecutive
+    experiments of one regime and seed share the data stages (and pretraining, where their
+    levers are fine-tuning's or evaluation's) instead of running them once each.
+    """
+    regimes = list(dict.fromkeys(e.regime for e in experiments))  # first come, first run
+    return sorted(experiments, key=lambda e: (regimes.index(e.regime), e.seed))
+
+
 def mean_interval(
     values: list[float], resamples: int, confidence: float, seed: int = 0
 ) -> tuple[float, float]:
