@@ -224,15 +224,15 @@ def expand(design: Design, current_params: dict) -> list[Experiment]:
 
 
 def run_order(experiments: list[Experiment]) -> list[Experiment]:
-    """The order to run experiments in: by regime, then by seed, the design's order within.
+    """The order to run experiments in: by seed, then by regime, the design's order within.
 
     ``dvc exp run`` leaves an experiment's outputs and dvc.lock in the workspace, and the
     next one skips every stage whose params and inputs did not change: consecutive
-    experiments of one regime and seed share the data stages (and pretraining, where their
-    levers are fine-tuning's or evaluation's) instead of running them once each.
+    experiments of one seed share the data stages (and pretraining, where their levers and
+    regimes are fine-tuning's or evaluation's) instead of running them once each.
     """
     regimes = list(dict.fromkeys(e.regime for e in experiments))  # first come, first run
-    return sorted(experiments, key=lambda e: (regimes.index(e.regime), e.seed))
+    return sorted(experiments, key=lambda e: (e.seed, regimes.index(e.regime)))
 
 
 def mean_interval(

@@ -63,15 +63,16 @@ def test_one_at_a_time_inside_each_regime():
     assert len({e.name for e in experiments}) == len(experiments)
 
 
-def test_experiments_run_grouped_by_regime_then_seed():
-    """Consecutive runs of one regime and seed reuse the workspace's data and pretraining."""
+def test_experiments_run_grouped_by_seed_then_regime():
+    """Consecutive runs of one seed reuse the workspace's data and pretraining."""
     experiments = expand(Design.model_validate(DESIGN), PARAMS)
     ordered = run_order(experiments[::-1])  # whatever order they come in
     assert sorted(ordered, key=lambda e: e.name) == sorted(experiments, key=lambda e: e.name)
-    groups = [(e.regime, e.seed) for e in ordered]
+    groups = [(e.seed, e.regime) for e in ordered]
     runs = [group for index, group in enumerate(groups) if index == 0 or group != groups[index - 1]]
-    assert len(runs) == 6  # each regime and seed in one stretch: its data built once
-    assert [seed for _, seed in runs] == [1, 2, 3, 1, 2, 3]
+    assert len(runs) == 6  # each seed and regime in one stretch: its data built once
+    assert [seed for seed, _ in runs] == [1, 1, 2, 2, 3, 3]
+    assert [regime for _, regime in runs] == ["l100", "l25"] * 3  # as they came
     assert [e.lever for e in ordered[:4]] == [
         "pretraining",
         "architecture",
