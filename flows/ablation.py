@@ -5,7 +5,9 @@
 Each experiment (a configuration under one seed, see ``voxelflow/ablation.py``) runs the
 whole pipeline with ``dvc exp run --name <experiment> -S key=value ...`` in this workspace,
 one after the other, as a Prefect task (so the dashboard shows them); stages whose inputs
-did not change come back from DVC's run cache. An experiment already in ``dvc exp show``
+did not change are skipped (the previous experiment's outputs are still in the workspace:
+experiments run by seed, see ``voxelflow.ablation.run_order``) or come back from DVC's run
+cache. An experiment already in ``dvc exp show``
 is not run again, so an interrupted ablation resumes where it stopped. The table is then
 built from ``dvc exp show --json`` alone: every cell can be traced to, and restored from,
 its experiments (``dvc exp apply <name>``).
@@ -111,7 +113,7 @@ def run_experiment(root: str, experiment: ablation.Experiment) -> str:
     its ``-S`` values in the workspace's params.yaml)."""
     logger = get_run_logger()
     _git(root, "checkout", "HEAD", "--", "params.yaml")  # index too: DVC stages params.yaml
-    # no --force: that would rerun every stage; unchanged stages come from the run cache
+    # no --force: that would rerun every stage (unchanged ones: skipped, or from the run cache)
     command = [sys.executable, "-m", "dvc", "exp", "run", "--name", experiment.name]
     command += experiment.arguments()
     logger.info("%s: %s", experiment.name, " ".join(command[3:]))

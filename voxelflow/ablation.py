@@ -224,7 +224,7 @@ def expand(design: Design, current_params: dict) -> list[Experiment]:
 
 
 def run_order(experiments: list[Experiment]) -> list[Experiment]:
-    """The order to run experiments in: by seed, then by regime, the design's order within.
+    """The order to run experiments in: by seed, then by regime, in the order given within.
 
     ``dvc exp run`` leaves an experiment's outputs and dvc.lock in the workspace, and the
     next one skips every stage whose params and inputs did not change: consecutive

@@ -65,15 +65,23 @@ def test_one_at_a_time_inside_each_regime():
 
 def test_experiments_run_grouped_by_seed_then_regime():
     """Consecutive runs of one seed reuse the workspace's data and pretraining."""
-    experiments = expand(Design.model_validate(DESIGN), PARAMS)
-    ordered = run_order(experiments[::-1])  # whatever order they come in
+    experiments = expand(Design.model_validate(DESIGN), PARAMS)  # l25's configurations first
+    ordered = run_order(experiments)
     assert sorted(ordered, key=lambda e: e.name) == sorted(experiments, key=lambda e: e.name)
     groups = [(e.seed, e.regime) for e in ordered]
     runs = [group for index, group in enumerate(groups) if index == 0 or group != groups[index - 1]]
     assert len(runs) == 6  # each seed and regime in one stretch: its data built once
     assert [seed for seed, _ in runs] == [1, 1, 2, 2, 3, 3]
-    assert [regime for _, regime in runs] == ["l100", "l25"] * 3  # as they came
-    assert [e.lever for e in ordered[:4]] == [
+    assert [regime for _, regime in runs] == ["l25", "l100"] * 3  # first come, not alphabetical
+    assert [e.lever for e in ordered[:4]] == [  # the design's order within
+        "baseline",
+        "architecture",
+        "architecture",
+        "pretraining",
+    ]
+    reversed_order = run_order(experiments[::-1])
+    assert [e.regime for e in reversed_order[:4]] == ["l100"] * 4  # as given
+    assert [e.lever for e in reversed_order[:4]] == [
         "pretraining",
         "architecture",
         "architecture",
