@@ -6,11 +6,11 @@ Each experiment (a configuration under one seed, see ``voxelflow/ablation.py``) 
 whole pipeline with ``dvc exp run --name <experiment> -S key=value ...`` in this workspace,
 one after the other, as a Prefect task (so the dashboard shows them); stages whose inputs
 did not change are skipped (the previous experiment's outputs are still in the workspace:
-experiments run by seed, see ``voxelflow.ablation.run_order``) or come back from DVC's run
-cache. An experiment already in ``dvc exp show``
-is not run again, so an interrupted ablation resumes where it stopped. The table is then
-built from ``dvc exp show --json`` alone: every cell can be traced to, and restored from,
-its experiments (``dvc exp apply <name>``).
+experiments run by seed, then by what each stage sees, see ``voxelflow.ablation.run_order``)
+or come back from DVC's run cache. An experiment already in ``dvc exp show`` is not run
+again, so an interrupted ablation resumes where it stopped. The table is then built from
+``dvc exp show --json`` alone: every cell can be traced to, and restored from, its
+experiments (``dvc exp apply <name>``).
 """
 
 from __future__ import annotations
@@ -131,9 +131,17 @@ def plan(root: str, design_path: str) -> tuple[ablation.Design, list[ablation.Ex
     experiment starts from it, and the workspace's copy holds a running experiment's
     overrides while an ablation runs."""
     design = ablation.load_design(Path(root) / design_path)
+    return design, ablation.expand(design, _committed_params(root))
+
+
+def _committed_params(root: str) -> dict:
     committed = _git(root, "show", "HEAD:params.yaml")
-    current = params_dict(parse_params_text(committed, f"{root}/params.yaml (committed)"))
-    return design, ablation.expand(design, current)
+    return params_dict(parse_params_text(committed, f"{root}/params.yaml (committed)"))
+
+
+def _stage_params(root: str) -> list[list[str]]:
+    """Each stage's params entries, from the committed dvc.yaml (what experiments run)."""
+    return ablation.stage_params(yaml.safe_load(_git(root, "show", "HEAD:dvc.yaml")))
 
 
 def write_report(
@@ -181,7 +189,8 @@ def ablate(
         )
     done = read_design_results(root, experiments, all_commits)
     todo = [experiment for experiment in experiments if experiment.name not in done]
-    todo = ablation.run_order(todo)  # one seed's data and pretraining, reused
+    # one seed's data, and pretraining where it is shared, built once and reused
+    todo = ablation.run_order(todo, _stage_params(root), _committed_params(root))
     logger.info(
         "%d experiments in the design, %d done before, %d to run",
         len(experiments),

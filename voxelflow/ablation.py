@@ -223,16 +223,55 @@ def expand(design: Design, current_params: dict) -> list[Experiment]:
     return experiments
 
 
-def run_order(experiments: list[Experiment]) -> list[Experiment]:
-    """The order to run experiments in: by seed, then by regime, in the order given within.
+def stage_params(dvc_yaml: dict) -> list[list[str]]:
+    """Each stage's ``params`` entries (``seed``, ``synth``, ``pretrain.mode`` ...) from a
+    loaded dvc.yaml, in the order its stages are listed; entries of other params files (a
+    ``{file: [keys]}`` mapping) are not params.yaml's and are left out."""
+    stages = (dvc_yaml or {}).get("stages") or {}
+    return [
+        [entry for entry in (stage or {}).get("params", []) if isinstance(entry, str)]
+        for stage in stages.values()
+    ]
+
+
+def _reaches(key: str, entries: list[str]) -> bool:
+    return any(key == entry or key.startswith(entry + ".") for entry in entries)
+
+
+def run_order(
+    experiments: list[Experiment],
+    stages: list[list[str]] = (),
+    current: dict | None = None,
+) -> list[Experiment]:
+    """The order to run experiments in: by seed, then by what each stage sees, then by
+    regime, in the order given within.
 
     ``dvc exp run`` leaves an experiment's outputs and dvc.lock in the workspace, and the
-    next one skips every stage whose params and inputs did not change: consecutive
-    experiments of one seed share the data stages (and pretraining, where their levers and
-    regimes are fine-tuning's or evaluation's) instead of running them once each.
+    next one skips every stage whose params and inputs did not change. So experiments are
+    grouped by the settings that reach each stage (``stages``: each stage's params entries
+    in pipeline order, from :func:`stage_params`; ``current``: params.yaml, flattened, for
+    the values an experiment does not override), the first stage first: one seed's data
+    stages run once, and experiments that share pretraining run one after another whatever
+    their regime, so it runs once per seed instead of once per alternation. Groups keep the
+    order in which they first come.
     """
+    current = flatten(current or {})
+    first_come: list[dict] = [{} for _ in stages]
+
+    def key(experiment: Experiment) -> tuple:
+        effective = {**current, **experiment.settings}
+        ranks = []
+        for entries, seen in zip(stages, first_come, strict=True):
+            signature = tuple(
+                sorted((k, repr(v)) for k, v in effective.items() if _reaches(k, entries))
+            )
+            ranks.append(seen.setdefault(signature, len(seen)))
+        return (experiment.seed, *ranks, regimes.index(experiment.regime))
+
     regimes = list(dict.fromkeys(e.regime for e in experiments))  # first come, first run
-    return sorted(experiments, key=lambda e: (e.seed, regimes.index(e.regime)))
+    keys = [key(experiment) for experiment in experiments]  # first come: in the given order
+    order = sorted(range(len(experiments)), key=keys.__getitem__)
+    return [experiments[index] for index in order]
 
 
 def mean_interval(

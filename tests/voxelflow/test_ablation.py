@@ -1,3 +1,6 @@
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -8,6 +11,7 @@ from voxelflow.ablation import (
     markdown,
     matching,
     run_order,
+    stage_params,
     summarize,
     validation_choice,
 )
@@ -29,6 +33,7 @@ DESIGN = {
         },
     },
 }
+ROOT = Path(__file__).resolve().parents[2]
 PARAMS = params_dict(parse_params({}))  # resnet, self-supervised: the baselines
 
 
@@ -87,6 +92,61 @@ def test_experiments_run_grouped_by_seed_then_regime():
         "architecture",
         "baseline",
     ]
+
+
+def test_experiments_that_share_pretraining_run_together_across_regimes():
+    """Regimes of fine-tuning alone (a rate) must not alternate pretraining on and off."""
+    design = Design.model_validate(
+        {
+            "seeds": [4, 5],
+            "regimes": "rate",
+            "levers": {
+                "rate": {
+                    "lr1": {"finetune.learning_rate": 0.001},
+                    "lr3": {"finetune.learning_rate": 0.0003},
+                },
+                "pretraining": {
+                    "ssl": {"pretrain.mode": "self_supervised"},
+                    "none": {"pretrain.mode": "none"},
+                },
+            },
+        }
+    )
+    experiments = expand(design, PARAMS)  # lr1: ssl, none; lr3: ssl, none
+    stages = stage_params(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    ordered = run_order(experiments, stages, PARAMS)
+    assert sorted(ordered, key=lambda e: e.name) == sorted(experiments, key=lambda e: e.name)
+    modes = [(e.seed, e.settings.get("pretrain.mode", "self_supervised")) for e in ordered]
+    assert (
+        modes
+        == [(4, "self_supervised")] * 2
+        + [(4, "none")] * 2
+        + [(5, "self_supervised")] * 2
+        + [(5, "none")] * 2
+    )  # pretraining runs twice per seed, not four times
+    assert [e.regime for e in ordered[:4]] == ["lr1", "lr3", "lr1", "lr3"]  # first come within
+    # an override equal to params.yaml's value is the same pretraining as no override
+    explicit = [
+        replace(e, settings={**e.settings, "pretrain.mode": "self_supervised"})
+        if e.level == "baseline"
+        else e
+        for e in experiments
+    ]
+    assert [e.name for e in run_order(explicit, stages, PARAMS)] == [e.name for e in ordered]
+    # without the stages: by seed and regime only, as before
+    assert [e.regime for e in run_order(experiments)[:4]] == ["lr1", "lr1", "lr3", "lr3"]
+
+
+def test_stage_params_reads_each_stages_params_yaml_entries_in_order():
+    dvc_yaml = {
+        "stages": {
+            "prepare": {"cmd": "x", "params": ["seed", "prepare"]},
+            "train": {"cmd": "y", "params": ["train.rate", {"other.yaml": ["lr"]}]},
+            "report": {"cmd": "z"},
+        }
+    }
+    assert stage_params(dvc_yaml) == [["seed", "prepare"], ["train.rate"], []]
+    assert stage_params({}) == []
 
 
 def test_a_full_design_crosses_every_level():
