@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,20 @@ def test_lesion_has_a_darker_oedema_rim():
     darker = phantom.tissue_image(anatomy, rim)[0] / phantom.tissue_image(healthy, rim)[0]
     # about 0.9 of the darkening at 1.5 radii (the lesion's own edge adds a little back)
     assert darker < 1 - 0.5 * anatomy.lesion_edema
+
+
+def test_sample_anatomy_defaults_are_the_default_datasets():
+    """params.py imports no voxelflow module (every stage depends on it), so synth's
+    defaults are written twice: here and in SynthParams. They must not drift apart."""
+    from voxelflow.params import SynthParams
+
+    synth = SynthParams()
+    signature = inspect.signature(phantom.sample_anatomy)
+    defaults = {
+        name: parameter.default
+        for name, parameter in signature.parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    assert defaults  # the difficulty ranges and distractors
+    for name, default in defaults.items():
+        assert getattr(synth, name) == default, name
