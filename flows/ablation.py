@@ -139,9 +139,10 @@ def _committed_params(root: str) -> dict:
     return params_dict(parse_params_text(committed, f"{root}/params.yaml (committed)"))
 
 
-def _stage_params(root: str) -> list[list[str]]:
-    """Each stage's params entries, from the committed dvc.yaml (what experiments run)."""
-    return ablation.stage_params(yaml.safe_load(_git(root, "show", "HEAD:dvc.yaml")))
+def _stage_params(root: str, params: dict) -> list[list[str]]:
+    """Each stage's params entries, from the committed dvc.yaml (what experiments run), in
+    :func:`voxelflow.ablation.stage_params`'s order (``params``: the committed params.yaml)."""
+    return ablation.stage_params(yaml.safe_load(_git(root, "show", "HEAD:dvc.yaml")), params)
 
 
 def write_report(
@@ -190,7 +191,8 @@ def ablate(
     done = read_design_results(root, experiments, all_commits)
     todo = [experiment for experiment in experiments if experiment.name not in done]
     # one seed's data, and pretraining where it is shared, built once and reused
-    todo = ablation.run_order(todo, _stage_params(root), _committed_params(root))
+    committed = _committed_params(root)
+    todo = ablation.run_order(todo, _stage_params(root, committed), committed)
     logger.info(
         "%d experiments in the design, %d done before, %d to run",
         len(experiments),

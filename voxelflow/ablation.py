@@ -223,14 +223,56 @@ def expand(design: Design, current_params: dict) -> list[Experiment]:
     return experiments
 
 
-def stage_params(dvc_yaml: dict) -> list[list[str]]:
+def stage_params(dvc_yaml: dict, params: dict | None = None) -> list[list[str]]:
     """Each stage's ``params`` entries (``seed``, ``synth``, ``pretrain.mode`` ...) from a
-    loaded dvc.yaml, in the order its stages are listed; entries of other params files (a
+    loaded dvc.yaml, in the order :func:`run_order` groups by: a topological order of the
+    stages (a stage after every stage whose outputs it reads) that, of the stages ready at
+    each point, takes a training stage first (one with a ``persist: true`` output, its
+    checkpoints) and the others in the order dvc.yaml lists them. So experiments that share
+    pretraining run together even where they differ in a cheaper sibling stage, such as
+    the augmentation cache. ``params`` (params.yaml, loaded) resolves ``${key}`` in deps
+    and outs; a path left unresolved links no stages. Entries of other params files (a
     ``{file: [keys]}`` mapping) are not params.yaml's and are left out."""
-    stages = (dvc_yaml or {}).get("stages") or {}
+    flat = flatten(params or {})
+
+    def resolve(path: str) -> str:
+        return re.sub(
+            r"\$\{([^}]+)\}", lambda m: str(flat.get(m.group(1).strip(), m.group(0))), path
+        )
+
+    def paths(entries) -> list[tuple[str, dict]]:
+        listed = []
+        for entry in entries or []:
+            if isinstance(entry, dict):
+                listed += [(resolve(str(k)), v or {}) for k, v in entry.items()]
+            else:
+                listed.append((resolve(str(entry)), {}))
+        return [(path.rstrip("/"), options) for path, options in listed]
+
+    stages = {name: stage or {} for name, stage in ((dvc_yaml or {}).get("stages") or {}).items()}
+    outs = {name: paths(stage.get("outs")) for name, stage in stages.items()}
+    training = {
+        name for name, listed in outs.items() if any(o.get("persist") for _, o in listed)
+    }
+
+    def reads(stage: str, other: str) -> bool:
+        return other != stage and any(
+            dep == out or dep.startswith(out + "/")
+            for dep, _ in paths(stages[stage].get("deps"))
+            for out, _ in outs[other]
+            if "${" not in dep and "${" not in out
+        )
+
+    upstream = {name: {o for o in stages if reads(name, o)} for name in stages}
+    order: list[str] = []
+    while len(order) < len(stages):
+        ready = [n for n in stages if n not in order and upstream[n] <= set(order)]
+        if not ready:  # a cycle (DVC refuses one): the rest in dvc.yaml's order
+            ready = [n for n in stages if n not in order]
+        order.append(next((n for n in ready if n in training), ready[0]))
     return [
-        [entry for entry in (stage or {}).get("params", []) if isinstance(entry, str)]
-        for stage in stages.values()
+        [entry for entry in stages[name].get("params", []) if isinstance(entry, str)]
+        for name in order
     ]
 
 
@@ -249,11 +291,11 @@ def run_order(
     ``dvc exp run`` leaves an experiment's outputs and dvc.lock in the workspace, and the
     next one skips every stage whose params and inputs did not change. So experiments are
     grouped by the settings that reach each stage (``stages``: each stage's params entries
-    in pipeline order, from :func:`stage_params`; ``current``: params.yaml, flattened, for
-    the values an experiment does not override), the first stage first: one seed's data
-    stages run once, and experiments that share pretraining run one after another whatever
-    their regime, so it runs once per seed instead of once per alternation. Groups keep the
-    order in which they first come.
+    in pipeline order, training stages before their siblings, from :func:`stage_params`;
+    ``current``: params.yaml, for the values an experiment does not override), the first
+    stage first: one seed's data stages run once, and experiments that share pretraining
+    run one after another whatever their regime or augmentation, so it runs once per seed
+    instead of once per alternation. Groups keep the order in which they first come.
     """
     current = flatten(current or {})
     first_come: list[dict] = [{} for _ in stages]

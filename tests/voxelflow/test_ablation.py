@@ -149,6 +149,85 @@ def test_stage_params_reads_each_stages_params_yaml_entries_in_order():
     assert stage_params({}) == []
 
 
+def test_stage_params_takes_training_stages_before_their_siblings():
+    """A topological order (a stage after what it reads, wherever dvc.yaml lists it); of
+    the stages ready, training first."""
+    dvc_yaml = {
+        "stages": {
+            "prep": {
+                "cmd": "p",
+                "deps": ["${data.raw}/x.csv"],
+                "params": ["prep"],
+                "outs": ["data/prep"],
+            },
+            "make": {"cmd": "m", "params": ["make"], "outs": ["${data.raw}"]},
+            "cache": {
+                "cmd": "c",
+                "deps": ["data/prep"],
+                "params": ["cache"],
+                "outs": ["data/cache"],
+            },
+            "train": {
+                "cmd": "t",
+                "deps": ["data/prep/"],
+                "params": ["train"],
+                "outs": ["models/m", {"models/ckpt": {"persist": True, "cache": False}}],
+            },
+            "tune": {
+                "cmd": "f",
+                "deps": ["data/cache", "models/m"],
+                "params": ["tune"],
+                "outs": [{"models/tuned.ckpt": {"persist": True}}],
+            },
+            "early": {"cmd": "e", "params": ["early"]},  # reads nothing: ready at once
+        }
+    }
+    order = [entries[0] for entries in stage_params(dvc_yaml, {"data": {"raw": "data/raw"}})]
+    assert order == ["make", "prep", "train", "cache", "tune", "early"]
+    # unresolved, ${data.raw} links nothing: prep, listed first, is ready at once
+    assert [e[0] for e in stage_params(dvc_yaml)] == [
+        "prep",
+        "train",
+        "make",
+        "cache",
+        "tune",
+        "early",
+    ]
+    dvc_yaml["stages"]["early"]["outs"] = [{"x": {"persist": True}}]  # a training stage
+    assert [e[0] for e in stage_params(dvc_yaml)][:2] == ["early", "prep"]
+    # voxelflow's own pipeline: pretraining before the augmentation cache, after its data
+    order = stage_params(yaml.safe_load((ROOT / "dvc.yaml").read_text()), PARAMS)
+    assert order.index(["seed", "model", "training", "pretrain"]) < order.index(["seed", "augment"])
+    assert order.index(["preprocess"]) < order.index(["seed", "model", "training", "pretrain"])
+
+
+def test_experiments_that_share_pretraining_run_together_across_augmentation():
+    """Regimes of augmentation (its own stage, before pretraining in dvc.yaml) must not
+    alternate pretraining on and off: the cache is rebuilt instead, which is cheap."""
+    design = Design.model_validate(
+        {
+            "seeds": [1],
+            "regimes": "augmentation",
+            "levers": {
+                "augmentation": {
+                    "on": {"augment.rotation_degrees": 12.0},
+                    "off": {"augment.rotation_degrees": 0.0},
+                },
+                "pretraining": {
+                    "ssl": {"pretrain.mode": "self_supervised"},
+                    "none": {"pretrain.mode": "none"},
+                },
+            },
+        }
+    )
+    experiments = expand(design, PARAMS)  # on: ssl, none; off: ssl, none
+    stages = stage_params(yaml.safe_load((ROOT / "dvc.yaml").read_text()), PARAMS)
+    ordered = run_order(experiments, stages, PARAMS)
+    modes = [e.settings.get("pretrain.mode", "self_supervised") for e in ordered]
+    assert modes == ["self_supervised", "self_supervised", "none", "none"]
+    assert [e.regime for e in ordered] == ["on", "off", "on", "off"]
+
+
 def test_a_full_design_crosses_every_level():
     design = Design.model_validate({**DESIGN, "design": "full", "regimes": None})
     experiments = expand(design, PARAMS)
