@@ -94,23 +94,29 @@ def test_experiments_run_grouped_by_seed_then_regime():
     ]
 
 
-def test_experiments_that_share_pretraining_run_together_across_regimes():
-    """Regimes of fine-tuning alone (a rate) must not alternate pretraining on and off."""
-    design = Design.model_validate(
+def _regimes_by_pretraining(seeds: list[int], regime: str, levels: dict) -> Design:
+    """A design whose regimes (``levels``) each run with and without pretraining."""
+    return Design.model_validate(
         {
-            "seeds": [4, 5],
-            "regimes": "rate",
+            "seeds": seeds,
+            "regimes": regime,
             "levers": {
-                "rate": {
-                    "lr1": {"finetune.learning_rate": 0.001},
-                    "lr3": {"finetune.learning_rate": 0.0003},
-                },
+                regime: levels,
                 "pretraining": {
                     "ssl": {"pretrain.mode": "self_supervised"},
                     "none": {"pretrain.mode": "none"},
                 },
             },
         }
+    )
+
+
+def test_experiments_that_share_pretraining_run_together_across_regimes():
+    """Regimes of fine-tuning alone (a rate) must not alternate pretraining on and off."""
+    design = _regimes_by_pretraining(
+        [4, 5],
+        "rate",
+        {"lr1": {"finetune.learning_rate": 0.001}, "lr3": {"finetune.learning_rate": 0.0003}},
     )
     experiments = expand(design, PARAMS)  # lr1: ssl, none; lr3: ssl, none
     stages = stage_params(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
@@ -204,21 +210,10 @@ def test_stage_params_takes_training_stages_before_their_siblings():
 def test_experiments_that_share_pretraining_run_together_across_augmentation():
     """Regimes of augmentation (its own stage, before pretraining in dvc.yaml) must not
     alternate pretraining on and off: the cache is rebuilt instead, which is cheap."""
-    design = Design.model_validate(
-        {
-            "seeds": [1],
-            "regimes": "augmentation",
-            "levers": {
-                "augmentation": {
-                    "on": {"augment.rotation_degrees": 12.0},
-                    "off": {"augment.rotation_degrees": 0.0},
-                },
-                "pretraining": {
-                    "ssl": {"pretrain.mode": "self_supervised"},
-                    "none": {"pretrain.mode": "none"},
-                },
-            },
-        }
+    design = _regimes_by_pretraining(
+        [1],
+        "augmentation",
+        {"on": {"augment.rotation_degrees": 12.0}, "off": {"augment.rotation_degrees": 0.0}},
     )
     experiments = expand(design, PARAMS)  # on: ssl, none; off: ssl, none
     stages = stage_params(yaml.safe_load((ROOT / "dvc.yaml").read_text()), PARAMS)
