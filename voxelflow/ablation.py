@@ -251,6 +251,7 @@ def stage_params(dvc_yaml: dict, params: dict | None = None) -> list[list[str]]:
 
     stages = {name: stage or {} for name, stage in ((dvc_yaml or {}).get("stages") or {}).items()}
     outs = {name: paths(stage.get("outs")) for name, stage in stages.items()}
+    deps = {name: paths(stage.get("deps")) for name, stage in stages.items()}
     training = {
         name for name, listed in outs.items() if any(o.get("persist") for _, o in listed)
     }
@@ -258,7 +259,7 @@ def stage_params(dvc_yaml: dict, params: dict | None = None) -> list[list[str]]:
     def reads(stage: str, other: str) -> bool:
         return other != stage and any(
             dep == out or dep.startswith(out + "/")
-            for dep, _ in paths(stages[stage].get("deps"))
+            for dep, _ in deps[stage]
             for out, _ in outs[other]
             if "${" not in dep and "${" not in out
         )
